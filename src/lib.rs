@@ -1,1 +1,16 @@
-//! waypoint
+//! `waypoint`: the L7 data plane of an ambient service mesh, on Pingora.
+//!
+//! A request's path through this crate (see `docs/request-flow.md`):
+//! [`downstream`] (HBONE in: mTLS, CONNECT, caller identity) → [`proxy`] (Pingora hooks: identify, route,
+//! balance, rewrite, forward, observe) with decisions in [`route`] over the compiled [`snapshot`] → [`upstream`]
+//! (HBONE out through the relay, or plain TCP). [`error`] is the one place failures become responses.
+//! [`server`] wires it together; [`demo`] runs a whole mesh on loopback.
+
+pub mod demo;
+pub mod downstream;
+pub mod error;
+pub mod proxy;
+pub mod route;
+pub mod server;
+pub mod snapshot;
+pub mod upstream;

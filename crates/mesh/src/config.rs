@@ -15,22 +15,34 @@
 //! A workload is in the mesh (reached over HBONE) when its Pod or Namespace has `istio.io/dataplane-mode: ambient`.
 
 pub mod live;
+mod parse;
+mod resolve;
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::identity::Identity;
 
-pub use live::{watch_dir, Live};
+pub use live::{watch_dir, Live, WatchGuard};
 
 /// The default trust domain.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 
+/// The `gatewayClassName` of waypoints.
+pub const WAYPOINT_CLASS: &str = "istio-waypoint";
+const DATAPLANE_MODE: &str = "istio.io/dataplane-mode";
+const USE_WAYPOINT: &str = "istio.io/use-waypoint";
+const USE_WAYPOINT_NAMESPACE: &str = "istio.io/use-waypoint-namespace";
+const WAYPOINT_FOR: &str = "istio.io/waypoint-for";
+const SERVICE_NAME: &str = "kubernetes.io/service-name";
+
 /// A bad manifest: which file, which object, which field, and what is wrong.
+///
+/// Displayed as `file: object: field: message`, leaving out the parts that are empty.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{file}: {object}: {field}: {message}")]
 pub struct ConfigError {
     pub file: PathBuf,
     /// `Kind namespace/name`, or `document N` when the object cannot even be named.
@@ -38,6 +50,18 @@ pub struct ConfigError {
     /// Dotted path into the object, e.g. `spec.rules[0].backendRefs[1].weight`; empty when it is the document.
     pub field: String,
     pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        for part in [&self.object, &self.field] {
+            if !part.is_empty() {
+                write!(f, ": {part}")?;
+            }
+        }
+        write!(f, ": {}", self.message)
+    }
 }
 
 /// A namespace and its labels.
@@ -147,6 +171,8 @@ impl Waypoint {
 }
 
 /// Everything a manifests directory says, resolved. Built by [`load_dir`] / [`Mesh::from_documents`].
+///
+/// Lookups go through indexes built once at load ([`Mesh::reindex`]), so they cost one or two hash look-ups.
 #[derive(Clone, Debug, Default)]
 pub struct Mesh {
     pub trust_domain: String,
@@ -154,11 +180,13 @@ pub struct Mesh {
     pub services: Vec<Service>,
     pub workloads: Vec<Arc<Workload>>,
     pub waypoints: Vec<Waypoint>,
-    /// HTTPRoutes as parsed (gateway-api types), with the file they came from.
+    /// HTTPRoutes as parsed (gateway-api types), with the file they came from. `metadata.namespace` is filled in
+    /// (`default` when the manifest omits it).
     pub http_routes: Vec<Sourced<gateway_api::httproutes::HttpRoute>>,
-    /// Kinds not understood, counted (skipped with a warning).
+    /// Kinds not understood, counted (skipped with a warning). Keyed by `kind`, or by `kind apiVersion` when the
+    /// kind is known but not in that API version (e.g. an Istio `Gateway`).
     pub skipped: BTreeMap<String, usize>,
-    // implementation detail: indexes (service by VIP, by ns/name; workload by IP; endpoint slices)
+    index: Index,
 }
 
 /// A parsed object and the file it came from (for error messages of later stages).
@@ -168,39 +196,195 @@ pub struct Sourced<T> {
     pub object: T,
 }
 
+/// Reads a manifests directory: the same as [`Mesh::load_dir`].
+pub fn load_dir(dir: &Path, trust_domain: &str) -> Result<Mesh, ConfigError> {
+    Mesh::load_dir(dir, trust_domain)
+}
+
 impl Mesh {
     /// Reads every `*.yaml`/`*.yml` file in `dir` (not recursive; following symlinks, skipping hidden entries
     /// such as Kubernetes' `..data`), in file-name order.
     pub fn load_dir(dir: &Path, trust_domain: &str) -> Result<Mesh, ConfigError> {
-        todo!("{dir:?}{trust_domain}")
+        let docs = parse::read_dir(dir)?;
+        Mesh::from_documents(&docs, trust_domain)
     }
     /// Parses multi-document YAML texts, each with the file name to report in errors.
-    pub fn from_documents(docs: &[(PathBuf, String)], trust_domain: &str) -> Result<Mesh, ConfigError> {
-        todo!("{}{trust_domain}", docs.len())
+    pub fn from_documents(
+        docs: &[(PathBuf, String)],
+        trust_domain: &str,
+    ) -> Result<Mesh, ConfigError> {
+        let parsed = parse::parse(docs)?;
+        Ok(resolve::build(parsed, trust_domain))
     }
     pub fn service(&self, namespace: &str, name: &str) -> Option<&Service> {
-        todo!("{namespace}{name}")
+        let i = *self.index.service_by_name.get(namespace)?.get(name)?;
+        self.services.get(i)
     }
     /// The Service whose VIP and port are `addr`, with that port.
     pub fn service_by_vip(&self, addr: SocketAddr) -> Option<(&Service, &ServicePort)> {
-        todo!("{addr}")
+        let &(s, p) = self.index.service_by_vip.get(&addr)?;
+        let service = self.services.get(s)?;
+        Some((service, service.ports.get(p)?))
     }
     /// Resolves a `name.namespace[.svc[.cluster.local]]` hostname.
     pub fn service_by_hostname(&self, host: &str) -> Option<&Service> {
-        todo!("{host}")
+        let (name, namespace) = split_hostname(host)?;
+        if name.bytes().any(|b| b.is_ascii_uppercase())
+            || namespace.bytes().any(|b| b.is_ascii_uppercase())
+        {
+            return self.service(&namespace.to_ascii_lowercase(), &name.to_ascii_lowercase());
+        }
+        self.service(namespace, name)
     }
     pub fn workload_by_ip(&self, ip: IpAddr) -> Option<&Arc<Workload>> {
-        todo!("{ip}")
+        self.workloads.get(*self.index.workload_by_ip.get(&ip)?)
+    }
+    /// The Pod named `namespace/name`, when it has an IP.
+    pub fn workload(&self, namespace: &str, name: &str) -> Option<&Arc<Workload>> {
+        self.workloads
+            .get(*self.index.workload_by_name.get(namespace)?.get(name)?)
     }
     /// The endpoints of `service`'s port `port` (the Service port, not the target port), in a stable order.
+    ///
+    /// Pods matching a non-empty selector give `podIP:targetPort` (a named target port is looked up in the pod's
+    /// container ports; a pod without that name is left out); EndpointSlices labelled
+    /// `kubernetes.io/service-name` give their addresses on the slice port of the same name (endpoints whose
+    /// `conditions.ready` is false are left out). Deduplicated by address, sorted by address.
     pub fn endpoints(&self, service: &Service, port: u16) -> Vec<Endpoint> {
-        todo!("{}{port}", service.name)
+        let Some(sp) = service.ports.iter().find(|p| p.port == port) else {
+            return Vec::new();
+        };
+        let Some(&si) = self
+            .index
+            .service_by_name
+            .get(&service.namespace)
+            .and_then(|m| m.get(&service.name))
+        else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for &wi in &self.index.service_pods[si] {
+            let w = &self.workloads[wi];
+            let target = match &sp.target_port {
+                TargetPort::Number(n) => *n,
+                TargetPort::Name(name) => match w.named_ports.get(name) {
+                    Some(p) => *p,
+                    None => continue,
+                },
+            };
+            out.push(Endpoint {
+                addr: SocketAddr::new(w.ip, target),
+                workload: Some(w.clone()),
+            });
+        }
+        let want = sp.name.as_deref().unwrap_or("");
+        for &sl in &self.index.service_slices[si] {
+            let slice = &self.index.slices[sl];
+            let Some(&(_, slice_port)) = slice
+                .ports
+                .iter()
+                .find(|(n, _)| n.as_deref().unwrap_or("") == want)
+            else {
+                continue;
+            };
+            for ep in &slice.endpoints {
+                for &ip in &ep.addresses {
+                    let workload = ep
+                        .pod
+                        .as_ref()
+                        .and_then(|(ns, name)| self.workload(ns, name))
+                        .or_else(|| self.workload_by_ip(ip))
+                        .cloned();
+                    out.push(Endpoint {
+                        addr: SocketAddr::new(ip, slice_port),
+                        workload,
+                    });
+                }
+            }
+        }
+        out.sort_by_key(|e| e.addr);
+        out.dedup_by(|later, kept| {
+            if later.addr != kept.addr {
+                return false;
+            }
+            if kept.workload.is_none() {
+                kept.workload = later.workload.take();
+            }
+            true
+        });
+        out
     }
     pub fn waypoint(&self, r: &GatewayRef) -> Option<&Waypoint> {
-        todo!("{r:?}")
+        self.waypoints.get(*self.index.waypoint_by_ref.get(r)?)
     }
     /// The services bound to waypoint `r` (see the module doc).
     pub fn services_of_waypoint(&self, r: &GatewayRef) -> Vec<&Service> {
-        todo!("{r:?}")
+        self.index
+            .services_by_waypoint
+            .get(r)
+            .map_or_else(Vec::new, |v| v.iter().map(|&i| &self.services[i]).collect())
     }
+}
+
+/// `name.ns`, `name.ns.svc`, `name.ns.svc.cluster.local`, each with an optional trailing dot → `(name, ns)`.
+fn split_hostname(host: &str) -> Option<(&str, &str)> {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let host = host
+        .strip_suffix(".svc.cluster.local")
+        .or_else(|| host.strip_suffix(".svc"))
+        .unwrap_or(host);
+    let (name, namespace) = host.split_once('.')?;
+    if name.is_empty() || namespace.is_empty() || namespace.contains('.') {
+        return None;
+    }
+    Some((name, namespace))
+}
+
+/// Lookup tables over [`Mesh`]'s public vectors (indexes into them), plus the EndpointSlices, which the public
+/// model does not carry.
+#[derive(Clone, Default)]
+struct Index {
+    /// namespace → name → index in `services`.
+    service_by_name: HashMap<String, HashMap<String, usize>>,
+    /// VIP:port → (index in `services`, index in its `ports`).
+    service_by_vip: HashMap<SocketAddr, (usize, usize)>,
+    workload_by_ip: HashMap<IpAddr, usize>,
+    /// namespace → pod name → index in `workloads`.
+    workload_by_name: HashMap<String, HashMap<String, usize>>,
+    waypoint_by_ref: HashMap<GatewayRef, usize>,
+    services_by_waypoint: HashMap<GatewayRef, Vec<usize>>,
+    /// Per service: the workloads its selector matches.
+    service_pods: Vec<Vec<usize>>,
+    /// Per service: its EndpointSlices (indexes in `slices`).
+    service_slices: Vec<Vec<usize>>,
+    slices: Vec<Slice>,
+}
+
+impl fmt::Debug for Index {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Index")
+            .field("services", &self.service_pods.len())
+            .field("vips", &self.service_by_vip.len())
+            .field("workloads", &self.workload_by_ip.len())
+            .field("endpoint_slices", &self.slices.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// An EndpointSlice, reduced to what endpoint resolution needs.
+#[derive(Clone, Debug, Default)]
+struct Slice {
+    namespace: String,
+    /// The `kubernetes.io/service-name` label.
+    service: String,
+    /// `(name, port)`.
+    ports: Vec<(Option<String>, u16)>,
+    endpoints: Vec<SliceEndpoint>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct SliceEndpoint {
+    addresses: Vec<IpAddr>,
+    /// `targetRef` of kind Pod: `(namespace, name)`.
+    pod: Option<(String, String)>,
 }

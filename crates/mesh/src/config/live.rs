@@ -3,44 +3,74 @@
 //! Readers call [`Live::load`] once per request and keep that `Arc` for the request's life, so a request never
 //! sees half of an old config and half of a new one. A change is parsed and compiled off the request path; an
 //! invalid change is rejected whole and the last good snapshot keeps serving, with the error kept for display.
+//!
+//! The watcher runs on its own thread (no async runtime needed): `notify` events go into a channel, the thread
+//! waits for `debounce` of quiet after the first one, then reloads the whole directory.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use notify::event::{AccessKind, AccessMode};
+use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 
 use super::{ConfigError, Mesh};
 
 /// A hot-swappable compiled config of type `T`, with its generation and the last error.
 pub struct Live<T> {
     current: ArcSwap<T>,
-    // implementation detail: generation counter, last error (Mutex<Option<ConfigError>>: off the request path)
+    generation: AtomicU64,
+    /// Off the request path: only the watcher and admin pages touch it.
+    last_error: Mutex<Option<ConfigError>>,
 }
 
 impl<T> Live<T> {
     pub fn new(initial: T) -> Self {
-        let _ = Live::<T>::generation;
-        Live { current: ArcSwap::from_pointee(initial) }
+        Live {
+            current: ArcSwap::from_pointee(initial),
+            generation: AtomicU64::new(1),
+            last_error: Mutex::new(None),
+        }
     }
     /// The current snapshot (one atomic load).
     pub fn load(&self) -> Arc<T> {
         self.current.load_full()
     }
     /// Installs a new snapshot and bumps the generation.
+    ///
+    /// The error is cleared and the snapshot installed before the generation moves, so whoever sees the new
+    /// generation also sees the new snapshot.
     pub fn store(&self, next: T) {
-        todo!("{}", std::mem::size_of_val(&next))
+        *self.error_slot() = None;
+        self.current.store(Arc::new(next));
+        self.generation.fetch_add(1, Ordering::SeqCst);
     }
     /// How many snapshots were installed (the initial one is generation 1).
     pub fn generation(&self) -> u64 {
-        todo!()
+        self.generation.load(Ordering::SeqCst)
     }
     /// The last rejected change, cleared by the next good one.
     pub fn last_error(&self) -> Option<ConfigError> {
-        todo!()
+        self.error_slot().clone()
     }
     pub fn set_error(&self, err: ConfigError) {
-        todo!("{err}")
+        *self.error_slot() = Some(err);
+    }
+    fn error_slot(&self) -> MutexGuard<'_, Option<ConfigError>> {
+        // A panic while holding the lock cannot leave an Option half-written.
+        self.last_error.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for Live<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live")
+            .field("generation", &self.generation())
+            .field("last_error", &self.last_error())
+            .finish_non_exhaustive()
     }
 }
 
@@ -48,6 +78,9 @@ impl<T> Live<T> {
 /// `debounce` of quiet, reloads: `Mesh::load_dir` then `compile`; success is stored in `live`, failure is
 /// logged (file, object, field) and recorded with [`Live::set_error`] while the old snapshot keeps serving.
 /// Runs on a spawned task until the returned guard is dropped.
+///
+/// The task is a dedicated thread, so this may be called inside or outside an async runtime. If `dir` cannot be
+/// watched, the failure is logged and recorded with [`Live::set_error`], and the guard watches nothing.
 pub fn watch_dir<T, F>(
     dir: PathBuf,
     trust_domain: String,
@@ -59,10 +92,118 @@ where
     T: Send + Sync + 'static,
     F: Fn(&Mesh) -> Result<T, ConfigError> + Send + Sync + 'static,
 {
-    todo!("{dir:?}{trust_domain}{debounce:?}{}", Arc::strong_count(&live) + std::mem::size_of_val(&compile))
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel::<()>();
+    let handler = move |res: notify::Result<Event>| match res {
+        Ok(event) if is_change(&event.kind) => {
+            let _ = tx.send(());
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "config watcher error"),
+    };
+    let watcher = notify::recommended_watcher(handler).and_then(|mut w| {
+        w.watch(&dir, RecursiveMode::NonRecursive)?;
+        Ok(w)
+    });
+    let watcher = match watcher {
+        Ok(w) => w,
+        Err(e) => {
+            let err = ConfigError {
+                file: dir.clone(),
+                object: String::new(),
+                field: String::new(),
+                message: format!("cannot watch the directory: {e}"),
+            };
+            tracing::error!(error = %err, "config not watched: changes will not be picked up");
+            live.set_error(err);
+            return WatchGuard {
+                watcher: None,
+                stop,
+            };
+        }
+    };
+    let stopped = stop.clone();
+    let spawned = std::thread::Builder::new()
+        .name("config-watch".into())
+        .spawn(move || loop {
+            // Wait for a change, then for `debounce` of quiet.
+            if rx.recv().is_err() {
+                return;
+            }
+            loop {
+                match rx.recv_timeout(debounce) {
+                    Ok(()) => continue,
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            }
+            if stopped.load(Ordering::SeqCst) {
+                return;
+            }
+            reload(&dir, &trust_domain, &live, &compile);
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the config watcher thread: changes will not be picked up");
+    }
+    WatchGuard {
+        watcher: Some(watcher),
+        stop,
+    }
+}
+
+/// One reload: parse, compile, swap in or keep the old snapshot.
+fn reload<T, F>(dir: &std::path::Path, trust_domain: &str, live: &Live<T>, compile: &F)
+where
+    F: Fn(&Mesh) -> Result<T, ConfigError>,
+{
+    match Mesh::load_dir(dir, trust_domain).and_then(|mesh| compile(&mesh)) {
+        Ok(next) => {
+            live.store(next);
+            tracing::info!(dir = %dir.display(), generation = live.generation(), "config reloaded");
+        }
+        Err(err) => {
+            tracing::error!(error = %err, file = %err.file.display(), object = %err.object, field = %err.field,
+                "config change rejected: the previous config keeps serving");
+            live.set_error(err);
+        }
+    }
+}
+
+/// Whether a filesystem event may change what `load_dir` reads. Opens and read-closes (our own reads among
+/// them) do not.
+fn is_change(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
 }
 
 /// Stops a [`watch_dir`] task when dropped.
 pub struct WatchGuard {
-    // implementation detail
+    watcher: Option<RecommendedWatcher>,
+    stop: Arc<AtomicBool>,
+}
+
+impl WatchGuard {
+    /// Whether the directory is being watched (false when setting up the watch failed).
+    pub fn is_watching(&self) -> bool {
+        self.watcher.is_some()
+    }
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        // Stop any pending reload; dropping the watcher closes the channel, which ends the thread.
+        self.stop.store(true, Ordering::SeqCst);
+        self.watcher.take();
+    }
+}
+
+impl std::fmt::Debug for WatchGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WatchGuard")
+            .field("watching", &self.is_watching())
+            .finish()
+    }
 }

@@ -1,0 +1,848 @@
+//! The manifests model: parsing, validation errors, resolution (waypoint binding, ambient, endpoints), lookups,
+//! and the directory watcher's hot swap (including the Kubernetes ConfigMap `..data` symlink swap).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mesh::config::{watch_dir, GatewayRef, Live, Mesh, TargetPort, DEFAULT_TRUST_DOMAIN};
+
+/// The bench topology as a user writes it (like `shared/bench/manifests/bench-mesh.yaml`).
+const BENCH: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: default
+  labels:
+    istio.io/dataplane-mode: ambient
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: waypoint
+  namespace: default
+  labels:
+    istio.io/waypoint-for: service
+spec:
+  gatewayClassName: istio-waypoint
+  listeners:
+  - name: mesh
+    port: 15008
+    protocol: HBONE
+status:
+  addresses:
+  - type: IPAddress
+    value: 127.0.0.20
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: reviews
+  namespace: default
+  labels:
+    istio.io/use-waypoint: waypoint
+spec:
+  clusterIP: 127.0.0.100
+  selector: {app: reviews}
+  ports:
+  - {name: http, port: 9080, targetPort: 8080, protocol: TCP}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: reviews-v1
+  namespace: default
+spec:
+  clusterIP: 127.0.0.110
+  selector: {app: reviews, version: v1}
+  ports:
+  - {name: http, port: 9080, targetPort: 8080, protocol: TCP}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: reviews-v2
+  namespace: default
+spec:
+  clusterIP: 127.0.0.111
+  selector: {app: reviews, version: v2}
+  ports:
+  - {name: http, port: 9080, targetPort: 8080, protocol: TCP}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: reviews-v1-0
+  namespace: default
+  labels: {app: reviews, version: v1}
+spec:
+  serviceAccountName: bookinfo-reviews
+  containers:
+  - {name: reviews, image: bench/backend, ports: [{containerPort: 8080}]}
+status:
+  podIP: 127.0.0.11
+  podIPs: [{ip: 127.0.0.11}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: reviews-v2-0
+  namespace: default
+  labels: {app: reviews, version: v2}
+spec:
+  serviceAccountName: bookinfo-reviews
+  containers:
+  - {name: reviews, image: bench/backend, ports: [{containerPort: 8080}]}
+status:
+  podIP: 127.0.0.12
+  podIPs: [{ip: 127.0.0.12}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: reviews
+  namespace: default
+spec:
+  parentRefs:
+  - {group: "", kind: Service, name: reviews, port: 9080}
+  rules:
+  - backendRefs:
+    - {name: reviews-v1, port: 9080, weight: 90}
+    - {name: reviews-v2, port: 9080, weight: 10}
+    timeouts:
+      request: 10s
+    retry:
+      attempts: 2
+      codes: [503]
+"#;
+
+fn mesh(yaml: &str) -> Mesh {
+    Mesh::from_documents(
+        &[(PathBuf::from("test.yaml"), yaml.to_string())],
+        DEFAULT_TRUST_DOMAIN,
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn addrs(mesh: &Mesh, ns: &str, name: &str, port: u16) -> Vec<String> {
+    let svc = mesh
+        .service(ns, name)
+        .unwrap_or_else(|| panic!("no service {ns}/{name}"));
+    mesh.endpoints(svc, port)
+        .iter()
+        .map(|e| e.addr.to_string())
+        .collect()
+}
+
+#[test]
+fn bench_manifest_resolves() {
+    let m = mesh(BENCH);
+    assert_eq!(m.trust_domain, "cluster.local");
+    let mut names: Vec<_> = m.services.iter().map(|s| s.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["reviews", "reviews-v1", "reviews-v2"]);
+    assert!(m.skipped.is_empty());
+
+    let (svc, port) = m.service_by_vip(sa("127.0.0.100:9080")).expect("VIP");
+    assert_eq!(
+        (
+            svc.name.as_str(),
+            port.name.as_deref(),
+            port.target_port.clone()
+        ),
+        ("reviews", Some("http"), TargetPort::Number(8080))
+    );
+    assert!(m.service_by_vip(sa("127.0.0.100:9081")).is_none());
+
+    let v1 = m.service("default", "reviews-v1").unwrap();
+    let eps = m.endpoints(v1, 9080);
+    assert_eq!(eps.len(), 1);
+    assert_eq!(eps[0].addr, sa("127.0.0.11:8080"));
+    let w = eps[0].workload.as_ref().expect("workload");
+    assert_eq!(
+        w.identity(&m.trust_domain).to_string(),
+        "spiffe://cluster.local/ns/default/sa/bookinfo-reviews"
+    );
+    assert!(eps[0].hbone(), "namespace is ambient");
+    assert!(
+        m.endpoints(v1, 8080).is_empty(),
+        "by service port, not target port"
+    );
+    assert_eq!(
+        addrs(&m, "default", "reviews", 9080),
+        ["127.0.0.11:8080", "127.0.0.12:8080"]
+    );
+
+    let wp_ref = GatewayRef {
+        namespace: "default".into(),
+        name: "waypoint".into(),
+    };
+    assert_eq!(
+        m.service("default", "reviews").unwrap().waypoint,
+        Some(wp_ref.clone())
+    );
+    assert_eq!(v1.waypoint, None);
+    let wp = m.waypoint(&wp_ref).expect("waypoint");
+    assert_eq!(
+        (wp.addr, wp.waypoint_for.as_str()),
+        (Some(sa("127.0.0.20:15008")), "service")
+    );
+    assert_eq!(
+        wp.identity(&m.trust_domain).to_string(),
+        "spiffe://cluster.local/ns/default/sa/waypoint"
+    );
+    let bound: Vec<_> = m
+        .services_of_waypoint(&wp_ref)
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    assert_eq!(bound, ["reviews"]);
+
+    let w = m
+        .workload_by_ip("127.0.0.12".parse().unwrap())
+        .expect("workload by IP");
+    assert_eq!((w.name.as_str(), w.ambient), ("reviews-v2-0", true));
+    assert_eq!(m.http_routes.len(), 1);
+    assert_eq!(
+        m.http_routes[0].object.metadata.namespace.as_deref(),
+        Some("default")
+    );
+    assert_eq!(m.http_routes[0].file, PathBuf::from("test.yaml"));
+}
+
+#[test]
+fn hostname_lookup() {
+    let m = mesh(BENCH);
+    for (host, found) in [
+        ("reviews.default", Some("reviews")),
+        ("reviews.default.svc", Some("reviews")),
+        ("reviews.default.svc.cluster.local", Some("reviews")),
+        ("reviews.default.svc.cluster.local.", Some("reviews")),
+        ("Reviews-V1.Default.svc", Some("reviews-v1")),
+        ("reviews", None),
+        ("reviews.other", None),
+        ("reviews.default.svc.example.com", None),
+        ("", None),
+        (".default", None),
+    ] {
+        assert_eq!(
+            m.service_by_hostname(host).map(|s| s.name.as_str()),
+            found,
+            "{host}"
+        );
+    }
+}
+
+#[test]
+fn config_errors() {
+    const SVC: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: x}\n";
+    let route = |rules: &str| {
+        format!("apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: n}}\nspec:\n  rules:\n{rules}")
+    };
+    let cases: Vec<(&str, String, &str, &str)> = vec![
+        ("yaml syntax", "a: [1, 2\n".into(), "document 1", ""),
+        ("not a mapping", "- 1\n- 2\n".into(), "document 1", ""),
+        ("missing kind", "apiVersion: v1\nmetadata: {name: x}\n".into(), "document 1", "kind"),
+        ("missing name, counted past an empty doc", "---\n---\napiVersion: v1\nkind: Pod\nmetadata: {namespace: a}\n".into(), "document 2", "metadata.name"),
+        ("type error", format!("{SVC}spec:\n  ports: [{{port: abc}}]\n"), "Service default/x", "spec.ports[0].port"),
+        ("clusterIP", format!("{SVC}spec: {{clusterIP: 10.0.0.300}}\n"), "Service default/x", "spec.clusterIP"),
+        ("port range", format!("{SVC}spec:\n  ports: [{{port: 80}}, {{port: 70000}}]\n"), "Service default/x", "spec.ports[1].port"),
+        ("target port", format!("{SVC}spec:\n  ports: [{{port: 80, targetPort: 0}}]\n"), "Service default/x", "spec.ports[0].targetPort"),
+        ("duplicate VIP", format!("{SVC}spec: {{clusterIP: 10.0.0.1}}\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: y}}\nspec: {{clusterIP: 10.0.0.1}}\n"), "Service default/y", "spec.clusterIP"),
+        ("pod IP", "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: a}\nstatus: {podIP: nope}\n".into(), "Pod a/p", "status.podIP"),
+        ("container port", "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: c, ports: [{containerPort: -1}]}]\n".into(), "Pod default/p", "spec.containers[0].ports[0].containerPort"),
+        ("weight", route("  - backendRefs: [{name: a, port: 80}, {name: b, port: 80, weight: -1}]\n"), "HTTPRoute n/r", "spec.rules[0].backendRefs[1].weight"),
+        ("path", route("  - matches: [{path: {type: PathPrefix, value: api}}]\n"), "HTTPRoute n/r", "spec.rules[0].matches[0].path.value"),
+        ("duplicate", format!("{SVC}---\n{SVC}"), "Service default/x", "metadata.name"),
+        ("gateway address", "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: w}\nspec:\n  gatewayClassName: istio-waypoint\n  listeners: [{name: mesh, port: 15008, protocol: HBONE}]\nstatus:\n  addresses: [{type: IPAddress, value: not-ip}]\n".into(), "Gateway default/w", "status.addresses[0].value"),
+        ("slice address", "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s, labels: {kubernetes.io/service-name: x}}\naddressType: IPv4\nendpoints: [{addresses: [1.2.3.4]}, {addresses: [bad]}]\n".into(), "EndpointSlice default/s", "endpoints[1].addresses[0]"),
+        ("list item", format!("apiVersion: v1\nkind: List\nitems:\n- {{apiVersion: v1, kind: Namespace, metadata: {{name: a}}}}\n- {{apiVersion: v1, kind: Service, metadata: {{name: x}}, spec: {{clusterIP: bad}}}}\n"), "Service default/x", "items[1].spec.clusterIP"),
+    ];
+    for (what, yaml, object, field) in cases {
+        let err = Mesh::from_documents(&[(PathBuf::from("bad.yaml"), yaml)], DEFAULT_TRUST_DOMAIN)
+            .err()
+            .unwrap_or_else(|| panic!("{what}: accepted"));
+        assert_eq!(
+            (err.file.as_path(), err.object.as_str(), err.field.as_str()),
+            (Path::new("bad.yaml"), object, field),
+            "{what}: {err}"
+        );
+        assert!(!err.message.is_empty(), "{what}");
+        eprintln!("{what}: {err}");
+    }
+}
+
+#[test]
+fn duplicate_across_files_names_the_second() {
+    let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: x, namespace: a}\n".to_string();
+    let err = Mesh::from_documents(
+        &[("1.yaml".into(), svc.clone()), ("2.yaml".into(), svc)],
+        "td",
+    )
+    .unwrap_err();
+    assert_eq!(
+        (err.file.as_path(), err.object.as_str(), err.field.as_str()),
+        (Path::new("2.yaml"), "Service a/x", "metadata.name")
+    );
+    assert!(err.message.contains("1.yaml"), "{}", err.message);
+    assert!(
+        err.to_string()
+            .starts_with("2.yaml: Service a/x: metadata.name: "),
+        "{err}"
+    );
+}
+
+#[test]
+fn unknown_kinds_are_skipped_and_counted() {
+    let m = mesh(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a}\n---\n# only a comment\n---\n\
+         apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: b}\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g}\n---\n\
+         apiVersion: v1\nkind: ConfigMap\n",
+    );
+    let skipped: Vec<_> = m.skipped.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    assert_eq!(
+        skipped,
+        [
+            ("AuthorizationPolicy", 2),
+            ("ConfigMap", 1),
+            ("Gateway networking.istio.io/v1", 1)
+        ]
+    );
+    assert!(m.services.is_empty() && m.waypoints.is_empty());
+}
+
+/// Namespaces `a` (labels vary), `b`; waypoints: a/wp (service), a/wl (workload), a/all (all), b/wp (service),
+/// a/other (not a waypoint class).
+fn binding_mesh(ns_labels: &str, svc_labels: &str) -> Mesh {
+    let gw = |ns: &str, name: &str, class: &str, for_: &str| {
+        format!("---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: {name}, namespace: {ns}, labels: {{istio.io/waypoint-for: {for_}}}}}\nspec: {{gatewayClassName: {class}, listeners: [{{name: mesh, port: 15008, protocol: HBONE}}]}}\n")
+    };
+    let yaml = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: a, labels: {{{ns_labels}}}}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: b}}\n\
+         ---\napiVersion: v1\nkind: Service\nmetadata: {{name: s, namespace: a, labels: {{{svc_labels}}}}}\n{}{}{}{}{}",
+        gw("a", "wp", "istio-waypoint", "service"),
+        gw("a", "wl", "istio-waypoint", "workload"),
+        gw("a", "all", "istio-waypoint", "all"),
+        gw("b", "wp", "istio-waypoint", "service"),
+        gw("a", "other", "istio", "service"),
+    );
+    mesh(&yaml)
+}
+
+#[test]
+fn waypoint_binding() {
+    const USE: &str = "istio.io/use-waypoint";
+    const USE_NS: &str = "istio.io/use-waypoint-namespace";
+    let cases: Vec<(&str, String, String, Option<(&str, &str)>)> = vec![
+        ("none anywhere", String::new(), String::new(), None),
+        (
+            "service label",
+            String::new(),
+            format!("{USE}: wp"),
+            Some(("a", "wp")),
+        ),
+        (
+            "namespace label",
+            format!("{USE}: wp"),
+            String::new(),
+            Some(("a", "wp")),
+        ),
+        (
+            "service overrides namespace",
+            format!("{USE}: wp"),
+            format!("{USE}: all"),
+            Some(("a", "all")),
+        ),
+        (
+            "service opts out",
+            format!("{USE}: wp"),
+            format!("{USE}: none"),
+            None,
+        ),
+        (
+            "other namespace",
+            String::new(),
+            format!("{USE}: wp, {USE_NS}: b"),
+            Some(("b", "wp")),
+        ),
+        (
+            "namespace label, waypoint namespace from it",
+            format!("{USE}: wp, {USE_NS}: b"),
+            String::new(),
+            Some(("b", "wp")),
+        ),
+        (
+            "namespace's waypoint-namespace not used for the service's label",
+            format!("{USE_NS}: b"),
+            format!("{USE}: wp"),
+            Some(("a", "wp")),
+        ),
+        (
+            "for workloads only",
+            String::new(),
+            format!("{USE}: wl"),
+            None,
+        ),
+        (
+            "missing gateway",
+            String::new(),
+            format!("{USE}: nope"),
+            None,
+        ),
+        (
+            "not a waypoint class",
+            String::new(),
+            format!("{USE}: other"),
+            None,
+        ),
+    ];
+    for (what, ns_labels, svc_labels, want) in cases {
+        let m = binding_mesh(&ns_labels, &svc_labels);
+        let want = want.map(|(ns, name)| GatewayRef {
+            namespace: ns.into(),
+            name: name.into(),
+        });
+        let got = m.service("a", "s").unwrap().waypoint.clone();
+        assert_eq!(got, want, "{what}");
+        if let Some(r) = &want {
+            assert_eq!(m.services_of_waypoint(r).len(), 1, "{what}");
+        }
+    }
+    let m = binding_mesh("", "");
+    let mut wps: Vec<_> = m
+        .waypoints
+        .iter()
+        .map(|w| format!("{}/{} {}", w.namespace, w.name, w.waypoint_for))
+        .collect();
+    wps.sort();
+    assert_eq!(
+        wps,
+        ["a/all all", "a/wl workload", "a/wp service", "b/wp service"]
+    );
+}
+
+#[test]
+fn waypoint_address() {
+    let gw = |spec_extra: &str, status: &str| {
+        mesh(&format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: w}}\nspec:\n  gatewayClassName: istio-waypoint\n{spec_extra}{status}"
+        ))
+        .waypoints[0]
+            .addr
+    };
+    let hbone = "  listeners: [{name: http, port: 80, protocol: HTTP}, {name: mesh, port: 15009, protocol: HBONE}]\n";
+    let status = "status:\n  addresses: [{type: Hostname, value: wp.example}, {value: 10.0.0.2}, {value: 10.0.0.3}]\n";
+    for (what, got, want) in [
+        (
+            "status, HBONE listener port",
+            gw(hbone, status),
+            Some("10.0.0.2:15009"),
+        ),
+        (
+            "spec address, default port",
+            gw(
+                "  listeners: []\n  addresses: [{type: IPAddress, value: 10.0.0.9}]\n",
+                "",
+            ),
+            Some("10.0.0.9:15008"),
+        ),
+        (
+            "status wins over spec",
+            gw(
+                &format!("{hbone}  addresses: [{{value: 10.0.0.9}}]\n"),
+                status,
+            ),
+            Some("10.0.0.2:15009"),
+        ),
+        ("no address", gw(hbone, ""), None),
+    ] {
+        assert_eq!(got, want.map(sa), "{what}");
+    }
+}
+
+#[test]
+fn ambient_and_identity() {
+    let pod = |name: &str, ns: &str, labels: &str, ip: &str, sa: &str| {
+        format!("---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{{labels}}}}}\nspec: {{{sa}containers: []}}\nstatus: {{podIP: {ip}}}\n")
+    };
+    let yaml = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: amb, labels: {{istio.io/dataplane-mode: ambient}}}}\n{}{}{}{}{}\
+         ---\napiVersion: v1\nkind: Pod\nmetadata: {{name: pending, namespace: amb}}\n",
+        pod("in-ns", "amb", "", "10.0.0.1", "serviceAccountName: api, "),
+        pod("opt-out", "amb", "istio.io/dataplane-mode: none", "10.0.0.2", ""),
+        pod("opt-in", "plain", "istio.io/dataplane-mode: ambient", "10.0.0.3", ""),
+        pod("outside", "plain", "", "10.0.0.4", ""),
+        pod("v6", "nowhere", "", "fd00::5", ""),
+    );
+    let m = mesh(&yaml);
+    assert_eq!(
+        m.workloads.len(),
+        5,
+        "a pod without an IP is not a workload"
+    );
+    for (ip, name, ambient, id) in [
+        (
+            "10.0.0.1",
+            "in-ns",
+            true,
+            "spiffe://cluster.local/ns/amb/sa/api",
+        ),
+        (
+            "10.0.0.2",
+            "opt-out",
+            false,
+            "spiffe://cluster.local/ns/amb/sa/default",
+        ),
+        (
+            "10.0.0.3",
+            "opt-in",
+            true,
+            "spiffe://cluster.local/ns/plain/sa/default",
+        ),
+        (
+            "10.0.0.4",
+            "outside",
+            false,
+            "spiffe://cluster.local/ns/plain/sa/default",
+        ),
+        (
+            "fd00::5",
+            "v6",
+            false,
+            "spiffe://cluster.local/ns/nowhere/sa/default",
+        ),
+    ] {
+        let w = m
+            .workload_by_ip(ip.parse::<IpAddr>().unwrap())
+            .unwrap_or_else(|| panic!("{ip}"));
+        assert_eq!(
+            (
+                w.name.as_str(),
+                w.ambient,
+                w.identity(&m.trust_domain).to_string().as_str()
+            ),
+            (name, ambient, id)
+        );
+    }
+    assert!(m.workload("amb", "in-ns").is_some());
+}
+
+const ENDPOINTS: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  clusterIP: 10.96.0.10
+  selector: {app: web}
+  ports:
+  - {name: http, port: 80, targetPort: web-http}
+  - {name: admin, port: 9000, targetPort: "9001"}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: external, namespace: shop}
+spec:
+  ports:
+  - {name: http, port: 80}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-b, namespace: shop, labels: {app: web}}
+spec:
+  containers: [{name: c, ports: [{name: web-http, containerPort: 8080}]}]
+status: {podIP: 10.0.0.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-a, namespace: shop, labels: {app: web, extra: x}}
+spec:
+  containers: [{name: c, ports: [{name: web-http, containerPort: 8081}]}]
+status: {podIP: 10.0.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-unnamed, namespace: shop, labels: {app: web}}
+spec:
+  containers: [{name: c, ports: [{containerPort: 8080}]}]
+status: {podIP: 10.0.0.3}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-elsewhere, namespace: other, labels: {app: web}}
+spec:
+  containers: [{name: c, ports: [{name: web-http, containerPort: 8080}]}]
+status: {podIP: 10.0.9.9}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-extra
+  namespace: shop
+  labels: {kubernetes.io/service-name: web}
+addressType: IPv4
+ports: [{name: http, port: 8080}, {name: admin, port: 9999}]
+endpoints:
+- addresses: [10.0.0.2]
+- addresses: [10.0.0.7]
+- addresses: [10.0.0.8]
+  conditions: {ready: false}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: external-1
+  namespace: shop
+  labels: {kubernetes.io/service-name: external}
+addressType: IPv4
+ports: [{name: http, port: 3000}]
+endpoints:
+- addresses: [10.0.0.1]
+  targetRef: {kind: Pod, name: web-a}
+- addresses: [192.168.1.1, 192.168.1.2]
+"#;
+
+#[test]
+fn endpoints_from_selector_and_slices() {
+    let m = mesh(ENDPOINTS);
+    for (svc, port, want) in [
+        // Named target port resolved per pod; a pod without the name is left out; slices add, dedup by address.
+        (
+            "web",
+            80,
+            vec!["10.0.0.1:8081", "10.0.0.2:8080", "10.0.0.7:8080"],
+        ),
+        (
+            "web",
+            9000,
+            vec![
+                "10.0.0.1:9001",
+                "10.0.0.2:9001",
+                "10.0.0.2:9999",
+                "10.0.0.3:9001",
+                "10.0.0.7:9999",
+            ],
+        ),
+        ("web", 81, vec![]),
+        (
+            "external",
+            80,
+            vec!["10.0.0.1:3000", "192.168.1.1:3000", "192.168.1.2:3000"],
+        ),
+    ] {
+        assert_eq!(addrs(&m, "shop", svc, port), want, "{svc}:{port}");
+    }
+    let web = m.service("shop", "web").unwrap();
+    assert_eq!(web.ports[1].target_port, TargetPort::Number(9001));
+    let eps = m.endpoints(web, 80);
+    assert_eq!(
+        eps[1].workload.as_ref().map(|w| w.name.as_str()),
+        Some("web-b"),
+        "pod endpoint keeps its workload"
+    );
+    assert!(eps[2].workload.is_none(), "unknown slice address");
+    let ext = m.endpoints(m.service("shop", "external").unwrap(), 80);
+    assert_eq!(
+        ext[0].workload.as_ref().map(|w| w.name.as_str()),
+        Some("web-a"),
+        "from targetRef"
+    );
+    assert!(!ext[0].hbone(), "not ambient");
+    assert_eq!(
+        m.service_by_vip(sa("10.96.0.10:9000")).map(|(_, p)| p.port),
+        Some(9000)
+    );
+}
+
+#[test]
+fn scale_ten_thousand_services() {
+    let mut yaml = String::with_capacity(6 << 20);
+    for i in 0..10_000u32 {
+        let ns = format!("ns{}", i % 20);
+        let (b, c) = (i / 256, i % 256);
+        yaml.push_str(&format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: svc{i}, namespace: {ns}}}\nspec:\n  clusterIP: 10.96.{b}.{c}\n  selector: {{app: app{i}, tier: web}}\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n\
+             ---\napiVersion: v1\nkind: Pod\nmetadata: {{name: pod{i}, namespace: {ns}, labels: {{app: app{i}, tier: web}}}}\nspec: {{containers: []}}\nstatus: {{podIP: 10.1.{b}.{c}}}\n"
+        ));
+    }
+    let started = Instant::now();
+    let m = mesh(&yaml);
+    let elapsed = started.elapsed();
+    assert_eq!((m.services.len(), m.workloads.len()), (10_000, 10_000));
+    let svc = m
+        .service_by_hostname("svc9999.ns19.svc.cluster.local")
+        .expect("hostname");
+    assert_eq!(addrs(&m, "ns19", "svc9999", 80), ["10.1.39.15:8080"]);
+    assert_eq!(
+        m.service_by_vip(sa("10.96.39.15:80"))
+            .map(|(s, _)| s.name.as_str()),
+        Some(svc.name.as_str())
+    );
+    assert!(
+        elapsed < Duration::from_secs(60),
+        "parsing 10k services took {elapsed:?}"
+    );
+    eprintln!("10k services + 10k pods parsed in {elapsed:?}");
+}
+
+#[test]
+fn load_dir_reads_yaml_files_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = |name: &str| format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\n");
+    std::fs::write(dir.path().join("b.yml"), svc("b")).unwrap();
+    std::fs::write(dir.path().join("a.yaml"), svc("a")).unwrap();
+    std::fs::write(dir.path().join(".hidden.yaml"), "not: [valid").unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "not: [valid").unwrap();
+    std::fs::create_dir(dir.path().join("sub.yaml")).unwrap();
+    let m = Mesh::load_dir(dir.path(), "td").unwrap();
+    let names: Vec<_> = m.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+    assert_eq!(m.trust_domain, "td");
+
+    std::fs::write(
+        dir.path().join("c.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata: {}\n",
+    )
+    .unwrap();
+    let err = Mesh::load_dir(dir.path(), "td").unwrap_err();
+    assert_eq!(
+        (err.file, err.field.as_str()),
+        (dir.path().join("c.yaml"), "metadata.name")
+    );
+    assert!(Mesh::load_dir(&dir.path().join("missing"), "td").is_err());
+}
+
+/// Waits (bounded) until `cond` holds.
+fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn service_names(m: &Mesh) -> Vec<String> {
+    m.services.iter().map(|s| s.name.clone()).collect()
+}
+
+/// Replaces `dir/name` atomically (write a hidden file, rename), so the watcher never sees half a file.
+fn replace(dir: &Path, name: &str, text: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+fn start(dir: &Path) -> (Arc<Live<Vec<String>>>, mesh::config::WatchGuard) {
+    let initial = service_names(&Mesh::load_dir(dir, "td").unwrap());
+    let live = Arc::new(Live::new(initial));
+    let guard = watch_dir(
+        dir.to_path_buf(),
+        "td".into(),
+        Duration::from_millis(50),
+        live.clone(),
+        |m| Ok(service_names(m)),
+    );
+    (live, guard)
+}
+
+#[test]
+fn watch_dir_swaps_good_changes_and_keeps_serving_on_bad_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = |name: &str| format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\n");
+    std::fs::write(dir.path().join("mesh.yaml"), svc("one")).unwrap();
+    let (live, guard) = start(dir.path());
+    assert!(guard.is_watching());
+    assert_eq!(
+        (live.generation(), live.load().as_slice()),
+        (1, ["one".to_string()].as_slice())
+    );
+
+    replace(dir.path(), "mesh.yaml", &svc("two"));
+    eventually("the change", || *live.load() == ["two"]);
+    let good = live.generation();
+    assert!(good > 1);
+    assert!(live.last_error().is_none());
+
+    replace(
+        dir.path(),
+        "mesh.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec: {clusterIP: nope}\n",
+    );
+    eventually("the error", || live.last_error().is_some());
+    let err = live.last_error().unwrap();
+    assert_eq!(
+        (err.object.as_str(), err.field.as_str()),
+        ("Service default/x", "spec.clusterIP")
+    );
+    assert_eq!(
+        (live.generation(), live.load().as_slice()),
+        (good, ["two".to_string()].as_slice())
+    );
+
+    replace(dir.path(), "mesh.yaml", &svc("three"));
+    eventually("the fix", || *live.load() == ["three"]);
+    assert!(
+        live.last_error().is_none(),
+        "a good change clears the error"
+    );
+
+    drop(guard);
+    let last = live.generation();
+    replace(dir.path(), "mesh.yaml", &svc("four"));
+    std::thread::sleep(Duration::from_millis(300)); // nothing to wait for: proving a non-event
+    assert_eq!(
+        live.generation(),
+        last,
+        "no reloads after the guard is dropped"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn watch_dir_follows_configmap_symlink_swap() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let svc = |name: &str| format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\n");
+    std::fs::create_dir(d.join("..2024_a")).unwrap();
+    std::fs::write(d.join("..2024_a/x.yaml"), svc("a")).unwrap();
+    symlink("..2024_a", d.join("..data")).unwrap();
+    symlink("..data/x.yaml", d.join("x.yaml")).unwrap();
+    let (live, _guard) = start(d);
+    assert_eq!(
+        *live.load(),
+        ["a"],
+        "symlinked file read, hidden entries skipped"
+    );
+
+    std::fs::create_dir(d.join("..2024_b")).unwrap();
+    std::fs::write(d.join("..2024_b/x.yaml"), svc("b")).unwrap();
+    symlink("..2024_b", d.join("..data_tmp")).unwrap();
+    std::fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
+    std::fs::remove_dir_all(d.join("..2024_a")).unwrap();
+    eventually("the swap", || *live.load() == ["b"]);
+    assert!(live.last_error().is_none());
+}
+
+#[test]
+fn live_store_and_errors() {
+    let live = Live::new(1);
+    assert_eq!(
+        (live.generation(), *live.load(), live.last_error()),
+        (1, 1, None)
+    );
+    let err = Mesh::from_documents(&[("e.yaml".into(), "kind: 1".into())], "td").unwrap_err();
+    live.set_error(err.clone());
+    assert_eq!(live.last_error(), Some(err));
+    let held = live.load();
+    live.store(2);
+    assert_eq!(
+        (live.generation(), *live.load(), *held, live.last_error()),
+        (2, 2, 1, None)
+    );
+}

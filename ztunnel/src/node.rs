@@ -1,0 +1,269 @@
+//! Assembly of a running node proxy: load the manifests and the local workloads' certificates, bind every
+//! listener, spawn the accept loops, and shut them down gracefully.
+//!
+//! Listeners are bound once, at start, for the local workloads known then: a workload that becomes local later
+//! (a new pod on the node) needs a restart to get its inbound listener and its certificate. Everything else
+//! (services, endpoints, waypoints, remote workloads) follows the manifests directory live.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use mesh::config::{self, Live, Mesh};
+use mesh::devca::workload_paths;
+use mesh::hbone::{Pool, PoolOptions, ServerOptions};
+use mesh::identity::{self, CertStore};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::drain::Drain;
+use crate::inbound::InboundHandler;
+use crate::outbound::{CertSet, Outbound};
+use crate::stats::{Counters, Stats};
+use crate::view::{NodeSpec, NodeView, WorkloadRef};
+use crate::{redirect, socks5};
+
+/// How long in-flight connections may run on after [`Ztunnel::shutdown`] before they are cut.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Quiet time before a manifests change is reloaded.
+pub const CONFIG_DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// What a node proxy serves.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Manifests directory (watched, hot-swapped).
+    pub manifests: PathBuf,
+    /// Certificates directory in the `mesh::devca` layout; each local workload's certificate is loaded (and
+    /// watched) from `<dir>/<ns>/<sa>/{cert,key}.pem` with `<dir>/ca.pem`.
+    pub certs_dir: PathBuf,
+    pub trust_domain: String,
+    /// Local workloads are the pods with `spec.nodeName` equal to this ...
+    pub node: Option<String>,
+    /// ... and/or these `namespace/name`s.
+    pub workloads: Vec<String>,
+    /// Inbound HBONE listener port on each local workload IP; also the port dialled on remote pods.
+    pub hbone_port: u16,
+    /// SOCKS5 listener (port 0 allowed; see [`Ztunnel::socks5_addr`]).
+    pub socks5: Option<SocketAddr>,
+    /// `namespace/name` of the source workload for SOCKS clients whose IP is not a local workload.
+    pub socks5_default_workload: Option<String>,
+    /// iptables `REDIRECT` capture listener.
+    pub redirect: Option<SocketAddr>,
+}
+
+/// A running node proxy.
+pub struct Ztunnel {
+    socks5: Option<SocketAddr>,
+    redirect: Option<SocketAddr>,
+    inbound: Vec<SocketAddr>,
+    live: Arc<Live<NodeView>>,
+    counters: Arc<Counters>,
+    pool: Pool,
+    drain: Drain,
+    tasks: Vec<JoinHandle<()>>,
+    _config_watch: config::live::WatchGuard,
+    _cert_watches: Vec<identity::WatchGuard>,
+}
+
+impl Ztunnel {
+    /// Loads the config and certificates, binds every listener and returns once they are all listening.
+    pub async fn start(cfg: NodeConfig) -> anyhow::Result<Ztunnel> {
+        let spec = node_spec(&cfg)?;
+        let mesh = load_mesh(&cfg).await?;
+        let view = NodeView::compile(Arc::new(mesh), &spec);
+        check_spec(&view, &spec)?;
+
+        let (certs, cert_watches) = load_certs(&view, &cfg)?;
+        let live = Arc::new(Live::new(view));
+        let config_watch = {
+            let spec = spec.clone();
+            config::watch_dir(
+                cfg.manifests.clone(),
+                cfg.trust_domain.clone(),
+                CONFIG_DEBOUNCE,
+                live.clone(),
+                move |mesh: &Mesh| Ok(NodeView::compile(Arc::new(mesh.clone()), &spec)),
+            )
+        };
+
+        // Bind everything before spawning anything, so a bind failure leaves nothing running.
+        let inbound = bind_inbound(&live.load(), &certs, cfg.hbone_port).await?;
+        let socks5 = bind_opt(cfg.socks5, "SOCKS5").await?;
+        let redirect = bind_opt(cfg.redirect, "redirect").await?;
+        let addr_of = |l: &TcpListener| l.local_addr().expect("bound listener has an address");
+        let mut own: Vec<SocketAddr> = inbound.iter().map(|(_, l)| addr_of(l)).collect();
+        own.extend(socks5.iter().chain(redirect.iter()).map(addr_of));
+
+        let counters = Arc::new(Counters::default());
+        let pool = Pool::new(PoolOptions::default());
+        let drain = Drain::default();
+        let outbound = Arc::new(Outbound {
+            live: live.clone(),
+            certs: Arc::new(certs.clone()),
+            pool: pool.clone(),
+            counters: counters.clone(),
+            own: own.clone(),
+        });
+        let handler = Arc::new(InboundHandler { live: live.clone(), counters: counters.clone(), drain: drain.clone() });
+
+        let mut tasks = vec![];
+        let mut inbound_addrs = vec![];
+        for (store, listener) in inbound {
+            inbound_addrs.push(addr_of(&listener));
+            let serve = mesh::hbone::serve(listener, store, handler.clone(), ServerOptions::default(), drain.stopping());
+            tasks.push(tokio::spawn(serve));
+        }
+        let socks5_addr = socks5.as_ref().map(addr_of);
+        if let Some(l) = socks5 {
+            tasks.push(tokio::spawn(socks5::run(l, outbound.clone(), drain.clone())));
+        }
+        let redirect_addr = redirect.as_ref().map(addr_of);
+        if let Some(l) = redirect {
+            tasks.push(tokio::spawn(redirect::run(l, outbound.clone(), drain.clone())));
+        }
+        tracing::info!(inbound = ?inbound_addrs, socks5 = ?socks5_addr, redirect = ?redirect_addr, "ztunnel listening");
+        Ok(Ztunnel {
+            socks5: socks5_addr,
+            redirect: redirect_addr,
+            inbound: inbound_addrs,
+            live,
+            counters,
+            pool,
+            drain,
+            tasks,
+            _config_watch: config_watch,
+            _cert_watches: cert_watches,
+        })
+    }
+
+    /// The SOCKS5 listener's address (with the real port when configured with port 0).
+    pub fn socks5_addr(&self) -> Option<SocketAddr> {
+        self.socks5
+    }
+
+    /// The redirect listener's address.
+    pub fn redirect_addr(&self) -> Option<SocketAddr> {
+        self.redirect
+    }
+
+    /// The inbound HBONE listeners (one per local workload IP).
+    pub fn inbound_addrs(&self) -> &[SocketAddr] {
+        &self.inbound
+    }
+
+    /// The current compiled config snapshot.
+    pub fn view(&self) -> Arc<NodeView> {
+        self.live.load()
+    }
+
+    /// How many config snapshots were installed (1 at start; +1 per accepted manifests change).
+    pub fn config_generation(&self) -> u64 {
+        self.live.generation()
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.counters.snapshot(self.pool.stats())
+    }
+
+    /// Stops accepting (HBONE servers send GOAWAY), lets in-flight connections finish for up to
+    /// [`SHUTDOWN_GRACE`], then cuts the rest.
+    pub async fn shutdown(self) {
+        if !self.drain.shutdown(SHUTDOWN_GRACE).await {
+            tracing::warn!(remaining = self.drain.active(), "shutdown grace elapsed; cutting connections");
+        }
+        for task in self.tasks {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(1), task).await.is_err() {
+                abort.abort();
+            }
+        }
+    }
+}
+
+fn node_spec(cfg: &NodeConfig) -> anyhow::Result<NodeSpec> {
+    if cfg.hbone_port == 0 {
+        bail!("the HBONE port must be a fixed port: remote ztunnels dial it");
+    }
+    let workloads = cfg
+        .workloads
+        .iter()
+        .map(|w| w.parse::<WorkloadRef>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let default_workload = cfg.socks5_default_workload.as_deref().map(str::parse).transpose()?;
+    Ok(NodeSpec {
+        trust_domain: cfg.trust_domain.clone(),
+        node: cfg.node.clone(),
+        workloads,
+        default_workload,
+        hbone_port: cfg.hbone_port,
+    })
+}
+
+async fn load_mesh(cfg: &NodeConfig) -> anyhow::Result<Mesh> {
+    let (dir, td) = (cfg.manifests.clone(), cfg.trust_domain.clone());
+    let mesh = tokio::task::spawn_blocking(move || Mesh::load_dir(&dir, &td)).await?;
+    mesh.with_context(|| format!("loading manifests from {}", cfg.manifests.display()))
+}
+
+/// Named workloads must exist at start (later they may go away: the view just stops treating them as local).
+fn check_spec(view: &NodeView, spec: &NodeSpec) -> anyhow::Result<()> {
+    for r in spec.workloads.iter().chain(spec.default_workload.iter()) {
+        if view.find(r).is_none() {
+            bail!("workload {r} is not in the manifests");
+        }
+    }
+    if view.local_workloads().next().is_none() && view.default_source().is_none() {
+        tracing::warn!("no local workloads and no default workload: every outbound connection will be refused");
+    }
+    Ok(())
+}
+
+/// Loads (and watches) the certificate of every local workload and of the default workload.
+fn load_certs(view: &NodeView, cfg: &NodeConfig) -> anyhow::Result<(CertSet, Vec<identity::WatchGuard>)> {
+    let mut certs = CertSet::new();
+    let mut guards = vec![];
+    for w in view.local_workloads().chain(view.default_source()) {
+        let id = w.identity(view.trust_domain());
+        if certs.contains_key(&id) {
+            continue;
+        }
+        let paths = workload_paths(&cfg.certs_dir, &id);
+        let store = CertStore::load(&paths).with_context(|| format!("certificate of {id} ({})", paths.cert.display()))?;
+        if store.identity() != id {
+            bail!("{} holds a certificate for {}, not {id}", paths.cert.display(), store.identity());
+        }
+        guards.push(store.watch(paths));
+        certs.insert(id, store);
+    }
+    Ok((certs, guards))
+}
+
+/// One inbound listener per distinct local workload IP, with that workload's certificate.
+async fn bind_inbound(view: &NodeView, certs: &CertSet, port: u16) -> anyhow::Result<Vec<(CertStore, TcpListener)>> {
+    let mut seen = BTreeSet::<IpAddr>::new();
+    let mut out = vec![];
+    for w in view.local_workloads() {
+        if !seen.insert(w.ip) {
+            continue;
+        }
+        let addr = SocketAddr::new(w.ip, port);
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("inbound HBONE listener of {}/{} on {addr}", w.namespace, w.name))?;
+        let id = w.identity(view.trust_domain());
+        let store = certs.get(&id).with_context(|| format!("no certificate loaded for {id}"))?;
+        out.push((store.clone(), listener));
+    }
+    Ok(out)
+}
+
+async fn bind_opt(addr: Option<SocketAddr>, what: &str) -> anyhow::Result<Option<TcpListener>> {
+    match addr {
+        None => Ok(None),
+        Some(a) => Ok(Some(TcpListener::bind(a).await.with_context(|| format!("{what} listener on {a}"))?)),
+    }
+}
