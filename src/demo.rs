@@ -45,7 +45,13 @@ pub struct DemoOptions {
 
 impl Default for DemoOptions {
     fn default() -> Self {
-        DemoOptions { net: [127, 0, 0], hbone_port: 15008, socks_port: 15080, app_port: 8080, manifests: None }
+        DemoOptions {
+            net: [127, 0, 0],
+            hbone_port: 15008,
+            socks_port: 15080,
+            app_port: 8080,
+            manifests: None,
+        }
     }
 }
 
@@ -82,7 +88,10 @@ impl DemoMesh {
         let manifests_dir = dir.path().join("manifests");
         let certs_dir = dir.path().join("certs");
         std::fs::create_dir_all(&manifests_dir)?;
-        let text = opts.manifests.clone().unwrap_or_else(|| DEMO_MANIFESTS.to_string());
+        let text = opts
+            .manifests
+            .clone()
+            .unwrap_or_else(|| DEMO_MANIFESTS.to_string());
         std::fs::write(manifests_dir.join("mesh.yaml"), Self::rewrite(&text, &opts))?;
 
         let td = DEFAULT_TRUST_DOMAIN;
@@ -96,7 +105,11 @@ impl DemoMesh {
         let mut apps = Vec::new();
         for (last, version) in [(11, "v1"), (12, "v2")] {
             let addr = SocketAddr::new(ip(net, last), opts.app_port);
-            apps.push(App::start(addr, version).await.with_context(|| format!("starting app on {addr}"))?);
+            apps.push(
+                App::start(addr, version)
+                    .await
+                    .with_context(|| format!("starting app on {addr}"))?,
+            );
         }
         let node = |name: &str, socks: Option<SocketAddr>, default: Option<&str>| NodeConfig {
             manifests: manifests_dir.clone(),
@@ -113,13 +126,18 @@ impl DemoMesh {
         let node_a = Ztunnel::start(node("node-a", Some(socks), Some("default/productpage-0")))
             .await
             .context("starting ztunnel node-a")?;
-        let node_b = Ztunnel::start(node("node-b", None, None)).await.context("starting ztunnel node-b")?;
+        let node_b = Ztunnel::start(node("node-b", None, None))
+            .await
+            .context("starting ztunnel node-b")?;
 
         let wp_id = Identity::new(td, "default", "waypoint");
         let certs = CertStore::load(&mesh::devca::workload_paths(&certs_dir, &wp_id))?;
         let waypoint = Waypoint::start(
             WaypointConfig {
-                gateway: GatewayRef { namespace: "default".into(), name: "waypoint".into() },
+                gateway: GatewayRef {
+                    namespace: "default".into(),
+                    name: "waypoint".into(),
+                },
                 manifests: manifests_dir.clone(),
                 trust_domain: td.to_string(),
                 listen: SocketAddr::new(ip(net, 20), opts.hbone_port),
@@ -129,13 +147,26 @@ impl DemoMesh {
         )
         .await
         .context("starting the waypoint")?;
-        Ok(DemoMesh { opts, dir, manifests_dir, certs_dir, ca, waypoint, node_a, node_b, apps })
+        Ok(DemoMesh {
+            opts,
+            dir,
+            manifests_dir,
+            certs_dir,
+            ca,
+            waypoint,
+            node_a,
+            node_b,
+            apps,
+        })
     }
 
     /// The client pod's view of `reviews`: through node-a's SOCKS5 entry, from 127.0.0.50.
     pub fn target(&self) -> Target {
         Target {
-            socks: self.node_a.socks5_addr().expect("node-a has a SOCKS5 entry"),
+            socks: self
+                .node_a
+                .socks5_addr()
+                .expect("node-a has a SOCKS5 entry"),
             source_ip: self.ip(50),
             host: "reviews.default.svc.cluster.local".into(),
             port: 9080,
@@ -154,7 +185,14 @@ impl DemoMesh {
 
     /// Application connections accepted, summed over the apps.
     pub fn app_connections(&self) -> u64 {
-        self.apps.iter().map(|a| a.stats.connections.load(std::sync::atomic::Ordering::Relaxed)).sum()
+        self.apps
+            .iter()
+            .map(|a| {
+                a.stats
+                    .connections
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .sum()
     }
 
     pub async fn shutdown(self) {
@@ -196,11 +234,19 @@ pub struct Summary {
 }
 
 /// Runs the demo: `requests` requests (or keeps the mesh up when `None`).
-pub async fn run(requests: Option<usize>, connections: usize, proto: Proto, json: bool) -> anyhow::Result<()> {
+pub async fn run(
+    requests: Option<usize>,
+    connections: usize,
+    proto: Proto,
+    json: bool,
+) -> anyhow::Result<()> {
     let mesh = DemoMesh::start(DemoOptions::default()).await?;
     let t = mesh.target();
     let Some(n) = requests else {
-        println!("mesh is up; manifests in {} (edit to hot-swap)", mesh.manifests_dir.display());
+        println!(
+            "mesh is up; manifests in {} (edit to hot-swap)",
+            mesh.manifests_dir.display()
+        );
         println!(
             "try:  curl --interface {} --socks5-hostname {} http://{}:{}/reviews",
             mesh.ip(50),
@@ -244,18 +290,29 @@ pub async fn run(requests: Option<usize>, connections: usize, proto: Proto, json
 }
 
 fn print_summary(s: &Summary) {
-    println!("client -> ztunnel(node-a) =HBONE=> waypoint =HBONE=> ztunnel(node-b) -> reviews-v1|v2");
+    println!(
+        "client -> ztunnel(node-a) =HBONE=> waypoint =HBONE=> ztunnel(node-b) -> reviews-v1|v2"
+    );
     println!("requests {}  ok {}  failed {}", s.requests, s.ok, s.failed);
     for (v, n) in &s.by_version {
-        println!("  {v}: {n} ({:.1}%)", *n as f64 * 100.0 / s.ok.max(1) as f64);
+        println!(
+            "  {v}: {n} ({:.1}%)",
+            *n as f64 * 100.0 / s.ok.max(1) as f64
+        );
     }
-    println!("latency p50 {:.2} ms  p99 {:.2} ms  throughput {:.0} req/s", s.p50_ms, s.p99_ms, s.requests_per_second);
+    println!(
+        "latency p50 {:.2} ms  p99 {:.2} ms  throughput {:.0} req/s",
+        s.p50_ms, s.p99_ms, s.requests_per_second
+    );
     for id in &s.caller_identity_seen_by_app {
         println!("app saw x-forwarded-client-cert: {id}");
     }
     println!(
         "connections: client {}, waypoint outer HBONE {}, waypoint CONNECT streams {}, app {}",
-        s.client_connections, s.waypoint_hbone_connections, s.waypoint_hbone_streams, s.app_connections
+        s.client_connections,
+        s.waypoint_hbone_connections,
+        s.waypoint_hbone_streams,
+        s.app_connections
     );
     for (e, n) in &s.errors {
         println!("  error {e}: {n}");

@@ -18,12 +18,12 @@ use mesh::config::Live;
 use mesh::hbone::{ConnectHandler, H2Stream, InboundConnect, Respond};
 use mesh::identity::Identity;
 use pingora::apps::ServerApp;
+use pingora::http::ResponseHeader;
 use pingora::protocols::l4::stream::Stream as L4Stream;
-use pingora::protocols::l4::virt::{VirtualSocket, VirtualSocketStream, VirtualSockOpt};
+use pingora::protocols::l4::virt::{VirtualSockOpt, VirtualSocket, VirtualSocketStream};
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::{GetProxyDigest, GetSocketDigest, SocketDigest};
 use pingora::proxy::{HttpProxy, Session};
-use pingora::http::ResponseHeader;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tracing::debug;
@@ -44,8 +44,15 @@ pub struct ConnInfo {
 
 /// The connection info of a Pingora session that arrived over HBONE.
 pub fn conn_info(session: &Session) -> Option<Arc<ConnInfo>> {
-    let user_data = session.digest()?.proxy_digest.as_ref()?.user_data.as_ref()?;
-    (user_data.as_ref() as &dyn Any).downcast_ref::<Arc<ConnInfo>>().cloned()
+    let user_data = session
+        .digest()?
+        .proxy_digest
+        .as_ref()?
+        .user_data
+        .as_ref()?;
+    (user_data.as_ref() as &dyn Any)
+        .downcast_ref::<Arc<ConnInfo>>()
+        .cloned()
 }
 
 /// The waypoint's HBONE handler.
@@ -107,13 +114,21 @@ impl VirtualSocket for Tunnel {
 }
 
 impl AsyncRead for Tunnel {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.0).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for Tunnel {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.0).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

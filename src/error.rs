@@ -89,16 +89,25 @@ pub fn classify(e: &Error) -> ProxyError {
         (_, HTTPStatus(s)) => match s {
             400 => ProxyError::BadRequest,
             404 => ProxyError::NoRoute,
-            503 => ProxyError::NoHealthyUpstream(e.context.as_ref().map(|c| c.as_str().to_string()).unwrap_or_default()),
+            503 => ProxyError::NoHealthyUpstream(
+                e.context
+                    .as_ref()
+                    .map(|c| c.as_str().to_string())
+                    .unwrap_or_default(),
+            ),
             504 => ProxyError::Timeout,
             _ => ProxyError::Internal,
         },
-        (_, ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectProxyFailure | ConnectError | TLSHandshakeFailure | SocketError | BindError) => {
-            ProxyError::ConnectFailure
-        }
+        (
+            _,
+            ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectProxyFailure | ConnectError
+            | TLSHandshakeFailure | SocketError | BindError,
+        ) => ProxyError::ConnectFailure,
         (ErrorSource::Upstream, ReadTimedout | WriteTimedout) => ProxyError::Timeout,
         (ErrorSource::Upstream, _) => ProxyError::ConnectionTermination,
-        (ErrorSource::Downstream, ReadError | WriteError | ConnectionClosed) => ProxyError::DownstreamGone,
+        (ErrorSource::Downstream, ReadError | WriteError | ConnectionClosed) => {
+            ProxyError::DownstreamGone
+        }
         (ErrorSource::Downstream, _) => ProxyError::BadRequest,
         _ => ProxyError::Internal,
     }

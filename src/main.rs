@@ -72,28 +72,57 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         match cli.cmd {
-            Cmd::Demo { requests, connections, h2c, json } => {
+            Cmd::Demo {
+                requests,
+                connections,
+                h2c,
+                json,
+            } => {
                 let proto = if h2c { Proto::H2c } else { Proto::Http1 };
                 waypoint::demo::run(requests, connections, proto, json).await
             }
-            Cmd::Run { manifests, gateway, listen, hbone_port, trust_domain, cert, key, ca } => {
+            Cmd::Run {
+                manifests,
+                gateway,
+                listen,
+                hbone_port,
+                trust_domain,
+                cert,
+                key,
+                ca,
+            } => {
                 let (namespace, name) = gateway
                     .split_once('/')
                     .ok_or_else(|| anyhow::anyhow!("--gateway must be namespace/name"))?;
                 let paths = CertPaths { cert, key, ca };
                 let certs = CertStore::load(&paths)?;
                 let _rotation = certs.watch(paths);
-                let gateway = GatewayRef { namespace: namespace.into(), name: name.into() };
-                let cfg = WaypointConfig { gateway, manifests, trust_domain, listen, hbone_port };
+                let gateway = GatewayRef {
+                    namespace: namespace.into(),
+                    name: name.into(),
+                };
+                let cfg = WaypointConfig {
+                    gateway,
+                    manifests,
+                    trust_domain,
+                    listen,
+                    hbone_port,
+                };
                 let wp = Waypoint::start(cfg, certs).await?;
                 wait_for_signal().await;
                 wp.shutdown(std::time::Duration::from_secs(10)).await;
                 Ok(())
             }
-            Cmd::Certs { out, trust_domain, identities } => {
+            Cmd::Certs {
+                out,
+                trust_domain,
+                identities,
+            } => {
                 let ca = match mesh::devca::DevCa::load(&out) {
                     Ok(ca) => ca,
                     Err(_) => {
@@ -103,9 +132,9 @@ fn main() -> anyhow::Result<()> {
                     }
                 };
                 for id in identities {
-                    let (ns, sa) = id
-                        .split_once('/')
-                        .ok_or_else(|| anyhow::anyhow!("identity {id:?} must be namespace/service-account"))?;
+                    let (ns, sa) = id.split_once('/').ok_or_else(|| {
+                        anyhow::anyhow!("identity {id:?} must be namespace/service-account")
+                    })?;
                     let id = Identity::new(ca.trust_domain(), ns, sa);
                     let p = ca.write_workload(&out, &id)?;
                     println!("{id}: {} {}", p.cert.display(), p.key.display());

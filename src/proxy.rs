@@ -60,11 +60,30 @@ impl RequestCtx {
     }
 }
 
+/// Stage "validate": framing a proxy must not pass on. A request with both `Content-Length` and
+/// `Transfer-Encoding` is a smuggling vector (RFC 9112 §6.1); Pingora accepts it, the waypoint does not.
+pub fn validate(req: &RequestHeader) -> Result<(), ProxyError> {
+    let h = &req.headers;
+    if h.contains_key(http::header::CONTENT_LENGTH)
+        && h.contains_key(http::header::TRANSFER_ENCODING)
+    {
+        return Err(ProxyError::BadRequest);
+    }
+    Ok(())
+}
+
 /// Stage "identify + route": everything decided before the upstream is known.
-fn decide(snapshot: &Snapshot, conn: Option<&ConnInfo>, path: &str) -> Result<(Arc<ServiceRoutes>, usize, usize), ProxyError> {
+fn decide(
+    snapshot: &Snapshot,
+    conn: Option<&ConnInfo>,
+    req: &RequestHeader,
+) -> Result<(Arc<ServiceRoutes>, usize, usize), ProxyError> {
+    validate(req)?;
     let conn = conn.ok_or(ProxyError::Internal)?;
-    let svc = snapshot.service(conn.destination).ok_or(ProxyError::NotServed)?;
-    let (rule, backend) = route::route(svc, path, fastrand::u32(..))?;
+    let svc = snapshot
+        .service(conn.destination)
+        .ok_or(ProxyError::NotServed)?;
+    let (rule, backend) = route::route(svc, req.uri.path(), fastrand::u32(..))?;
     Ok((svc.clone(), rule, backend))
 }
 
@@ -80,7 +99,9 @@ pub async fn respond_error(session: &mut Session, err: &ProxyError) -> u16 {
         return 0;
     }
     let body = Bytes::from(format!("{err}\n"));
-    let Ok(mut resp) = ResponseHeader::build(status, Some(3)) else { return status };
+    let Ok(mut resp) = ResponseHeader::build(status, Some(3)) else {
+        return status;
+    };
     let _ = resp.insert_header("x-waypoint-error", err.flag());
     let _ = resp.insert_header("content-type", "text/plain");
     let _ = resp.insert_header("content-length", body.len().to_string());
@@ -95,13 +116,18 @@ impl ProxyHttp for WaypointProxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx { snapshot: self.live.load(), conn: None, route: None, error: None }
+        RequestCtx {
+            snapshot: self.live.load(),
+            conn: None,
+            route: None,
+            error: None,
+        }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         ctx.conn = conn_info(session);
-        match decide(&ctx.snapshot, ctx.conn.as_deref(), session.req_header().uri.path()) {
+        match decide(&ctx.snapshot, ctx.conn.as_deref(), session.req_header()) {
             Ok(r) => {
                 ctx.route = Some(r);
                 Ok(false)
@@ -114,8 +140,14 @@ impl ProxyHttp for WaypointProxy {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-        let backend = ctx.backend().ok_or_else(|| ProxyError::Internal.into_pingora())?;
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let backend = ctx
+            .backend()
+            .ok_or_else(|| ProxyError::Internal.into_pingora())?;
         match backend.next_endpoint() {
             Some(up) => Ok(upstream::peer(up, &self.relay)),
             None => {
@@ -133,18 +165,29 @@ impl ProxyHttp for WaypointProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some(conn) = &ctx.conn {
-            req.insert_header("x-forwarded-client-cert", xfcc(&self.identity, &conn.peer_identity))?;
+            req.insert_header(
+                "x-forwarded-client-cert",
+                xfcc(&self.identity, &conn.peer_identity),
+            )?;
         } else {
             req.remove_header("x-forwarded-client-cert");
         }
         Ok(())
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         let err = ctx.error.take().unwrap_or_else(|| classify(e));
         tracing::debug!(error = %e, flag = err.flag(), "request failed");
         self.stats.local_replies.fetch_add(1, Ordering::Relaxed);
         let code = respond_error(session, &err).await;
-        FailToProxy { error_code: code, can_reuse_downstream: false }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
     }
 }

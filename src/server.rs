@@ -50,7 +50,10 @@ impl Waypoint {
     /// Loads and compiles the config (failing on a bad one: there is no last good config yet), binds the
     /// listener and starts serving. `certs` is this waypoint's identity (watch it separately to rotate).
     pub async fn start(cfg: WaypointConfig, certs: CertStore) -> anyhow::Result<Waypoint> {
-        let spec = WaypointSpec { gateway: cfg.gateway.clone(), hbone_port: cfg.hbone_port };
+        let spec = WaypointSpec {
+            gateway: cfg.gateway.clone(),
+            hbone_port: cfg.hbone_port,
+        };
         let mesh = Mesh::load_dir(&cfg.manifests, &cfg.trust_domain)?;
         let live = Arc::new(Live::new(compile(&mesh, &spec)?));
         drop(mesh);
@@ -64,7 +67,8 @@ impl Waypoint {
         );
 
         let pool = Pool::new(PoolOptions::default());
-        let relay = Relay::start(pool.clone(), certs.clone()).context("starting the HBONE relay")?;
+        let relay =
+            Relay::start(pool.clone(), certs.clone()).context("starting the HBONE relay")?;
         let stats = Arc::new(Stats::default());
         let proxy = WaypointProxy {
             live: live.clone(),
@@ -79,12 +83,33 @@ impl Waypoint {
         app.server_options = Some(options);
 
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let inbound = Arc::new(Inbound { app: Arc::new(app), live: live.clone(), shutdown: shutdown_rx.clone() });
-        let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
+        let inbound = Arc::new(Inbound {
+            app: Arc::new(app),
+            live: live.clone(),
+            shutdown: shutdown_rx.clone(),
+        });
+        let listener = TcpListener::bind(cfg.listen)
+            .await
+            .with_context(|| format!("binding {}", cfg.listen))?;
         let addr = listener.local_addr()?;
-        let serve = tokio::spawn(hbone::serve(listener, certs, inbound, ServerOptions::default(), shutdown_rx));
+        let serve = tokio::spawn(hbone::serve(
+            listener,
+            certs,
+            inbound,
+            ServerOptions::default(),
+            shutdown_rx,
+        ));
         tracing::info!(%addr, gateway = ?cfg.gateway, services = live.load().services.len(), "waypoint listening");
-        Ok(Waypoint { addr, live, pool, stats, shutdown, serve, _relay: relay, _watch: watch })
+        Ok(Waypoint {
+            addr,
+            live,
+            pool,
+            stats,
+            shutdown,
+            serve,
+            _relay: relay,
+            _watch: watch,
+        })
     }
 
     /// The HBONE listener's address.

@@ -100,8 +100,19 @@ pub struct Backend {
 }
 
 impl Backend {
-    pub fn new(name: String, weight: u32, endpoints: Vec<Upstream>, invalid: Option<String>) -> Backend {
-        Backend { name, weight, endpoints, invalid, next: AtomicUsize::new(0) }
+    pub fn new(
+        name: String,
+        weight: u32,
+        endpoints: Vec<Upstream>,
+        invalid: Option<String>,
+    ) -> Backend {
+        Backend {
+            name,
+            weight,
+            endpoints,
+            invalid,
+            next: AtomicUsize::new(0),
+        }
     }
 
     /// Round robin over the endpoints.
@@ -168,7 +179,15 @@ fn compile_service(
             let mut backends = Vec::new();
             for (bi, b) in rule.backend_refs.iter().flatten().enumerate() {
                 let field = format!("spec.rules[{ri}].backendRefs[{bi}]");
-                backends.push(compile_backend(mesh, spec, &rns, b, &route.file, &object, &field)?);
+                backends.push(compile_backend(
+                    mesh,
+                    spec,
+                    &rns,
+                    b,
+                    &route.file,
+                    &object,
+                    &field,
+                )?);
             }
             let total_weight = backends.iter().map(|b| b.weight).sum();
             rules.push(Rule {
@@ -207,7 +226,12 @@ fn compile_service(
             }],
             total_weight: 1,
         });
-        keyed.push(((1, std::cmp::Reverse(1)), 0, PathMatch::Prefix("/".into()), 0));
+        keyed.push((
+            (1, std::cmp::Reverse(1)),
+            0,
+            PathMatch::Prefix("/".into()),
+            0,
+        ));
     }
     keyed.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
     Ok(ServiceRoutes {
@@ -220,7 +244,10 @@ fn compile_service(
 
 fn route_key(r: &HttpRoute) -> (String, String) {
     (
-        r.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+        r.metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
         r.metadata.name.clone().unwrap_or_default(),
     )
 }
@@ -257,15 +284,23 @@ fn path_match(
     if !value.starts_with('/') {
         return Err(err(format!("path {value:?} must start with '/'")));
     }
-    match path.r#type.clone().unwrap_or(HttpRouteRulesMatchesPathType::PathPrefix) {
+    match path
+        .r#type
+        .clone()
+        .unwrap_or(HttpRouteRulesMatchesPathType::PathPrefix)
+    {
         HttpRouteRulesMatchesPathType::Exact => Ok(PathMatch::Exact(value)),
         HttpRouteRulesMatchesPathType::PathPrefix => {
             let trimmed = value.trim_end_matches('/');
-            Ok(PathMatch::Prefix(if trimmed.is_empty() { "/".into() } else { trimmed.into() }))
+            Ok(PathMatch::Prefix(if trimmed.is_empty() {
+                "/".into()
+            } else {
+                trimmed.into()
+            }))
         }
-        HttpRouteRulesMatchesPathType::RegularExpression => {
-            Err(err("RegularExpression path matches are not supported yet".into()))
-        }
+        HttpRouteRulesMatchesPathType::RegularExpression => Err(err(
+            "RegularExpression path matches are not supported yet".into(),
+        )),
     }
 }
 
@@ -291,17 +326,26 @@ fn compile_backend(
     };
     let ns = b.namespace.as_deref().unwrap_or(route_ns);
     let port = b.port.and_then(|p| u16::try_from(p).ok());
-    let name = format!("{ns}/{}:{}", b.name, port.map_or("?".into(), |p| p.to_string()));
+    let name = format!(
+        "{ns}/{}:{}",
+        b.name,
+        port.map_or("?".into(), |p| p.to_string())
+    );
     let invalid = if b.kind.as_deref().unwrap_or("Service") != "Service"
         || b.group.as_deref().unwrap_or("") != ""
     {
         Some(format!("{field}: unsupported kind (InvalidKind)"))
     } else if ns != route_ns {
-        Some(format!("{field}: cross-namespace reference needs a ReferenceGrant (RefNotPermitted)"))
+        Some(format!(
+            "{field}: cross-namespace reference needs a ReferenceGrant (RefNotPermitted)"
+        ))
     } else if port.is_none() {
         Some(format!("{field}: port is required for a Service backend"))
     } else if mesh.service(ns, &b.name).is_none() {
-        Some(format!("{field}: Service {ns}/{} not found (BackendNotFound)", b.name))
+        Some(format!(
+            "{field}: Service {ns}/{} not found (BackendNotFound)",
+            b.name
+        ))
     } else {
         None
     };
@@ -323,13 +367,19 @@ fn upstreams(mesh: &Mesh, spec: &WaypointSpec, svc: &Service, port: u16) -> Vec<
         .into_iter()
         .map(|ep| {
             let hbone = ep.hbone().then(|| {
-                let w = ep.workload.as_ref().expect("hbone endpoints have a workload");
+                let w = ep
+                    .workload
+                    .as_ref()
+                    .expect("hbone endpoints have a workload");
                 HboneUpstream {
                     hbone_addr: SocketAddr::new(ep.addr.ip(), spec.hbone_port),
                     identity: w.identity(&mesh.trust_domain),
                 }
             });
-            Upstream { addr: ep.addr, hbone }
+            Upstream {
+                addr: ep.addr,
+                hbone,
+            }
         })
         .collect()
 }

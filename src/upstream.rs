@@ -35,10 +35,23 @@ pub fn peer(up: &Upstream, relay: &Path) -> Box<HttpPeer> {
         None => Box::new(HttpPeer::new(up.addr, false, String::new())),
         Some(h) => {
             let mut headers = BTreeMap::new();
-            headers.insert(HDR_HBONE_ADDR.to_string(), h.hbone_addr.to_string().into_bytes());
-            headers.insert(HDR_IDENTITY.to_string(), h.identity.to_string().into_bytes());
+            headers.insert(
+                HDR_HBONE_ADDR.to_string(),
+                h.hbone_addr.to_string().into_bytes(),
+            );
+            headers.insert(
+                HDR_IDENTITY.to_string(),
+                h.identity.to_string().into_bytes(),
+            );
             let next_hop = relay.to_str().expect("relay path is UTF-8");
-            Box::new(HttpPeer::new_proxy(next_hop, up.addr.ip(), up.addr.port(), false, "", headers))
+            Box::new(HttpPeer::new_proxy(
+                next_hop,
+                up.addr.ip(),
+                up.addr.port(),
+                false,
+                "",
+                headers,
+            ))
         }
     }
 }
@@ -64,7 +77,9 @@ impl Relay {
         let listener = UnixListener::bind(&path)?;
         let task = tokio::spawn(async move {
             loop {
-                let Ok((conn, _)) = listener.accept().await else { continue };
+                let Ok((conn, _)) = listener.accept().await else {
+                    continue;
+                };
                 let (pool, certs) = (pool.clone(), certs.clone());
                 tokio::spawn(async move {
                     if let Err(e) = relay_one(conn, &pool, &certs).await {
@@ -105,13 +120,21 @@ pub fn parse_head(head: &str) -> Result<RelayTarget, String> {
     let (Some("CONNECT"), Some(auth)) = (parts.next(), parts.next()) else {
         return Err(format!("not a CONNECT: {first:?}"));
     };
-    let authority: SocketAddr = auth.parse().map_err(|_| format!("bad authority {auth:?}"))?;
+    let authority: SocketAddr = auth
+        .parse()
+        .map_err(|_| format!("bad authority {auth:?}"))?;
     let (mut hbone_addr, mut identity) = (None, None);
     for line in lines {
-        let Some((name, value)) = line.split_once(':') else { continue };
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
         let value = value.trim();
         if name.eq_ignore_ascii_case(HDR_HBONE_ADDR) {
-            hbone_addr = Some(value.parse().map_err(|_| format!("bad hbone address {value:?}"))?);
+            hbone_addr = Some(
+                value
+                    .parse()
+                    .map_err(|_| format!("bad hbone address {value:?}"))?,
+            );
         } else if name.eq_ignore_ascii_case(HDR_IDENTITY) {
             identity = Some(value.parse().map_err(|e| format!("{e}"))?);
         }
@@ -136,14 +159,18 @@ async fn relay_one(mut conn: UnixStream, pool: &Pool, certs: &CertStore) -> io::
             break i;
         }
         if buf.len() > MAX_HEAD {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "CONNECT head too long"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "CONNECT head too long",
+            ));
         }
     };
     let head = String::from_utf8_lossy(&buf[..end]);
     let target = match parse_head(&head) {
         Ok(t) => t,
         Err(e) => {
-            conn.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n").await?;
+            conn.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                .await?;
             return Err(io::Error::new(io::ErrorKind::InvalidData, e));
         }
     };
@@ -158,7 +185,8 @@ async fn relay_one(mut conn: UnixStream, pool: &Pool, certs: &CertStore) -> io::
     let mut stream = match pool.connect(dial).await {
         Ok(s) => s,
         Err(e) => {
-            conn.write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n").await?;
+            conn.write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n")
+                .await?;
             return Err(io::Error::other(e.to_string()));
         }
     };

@@ -22,7 +22,11 @@ async fn http1_keepalive_split_identities_and_reuse() {
     assert_eq!(out.ok, n as u64);
     // 90/10 split: 10% ± 3 points over 2000 requests is more than 4 standard deviations.
     let v2 = out.share("v2");
-    assert!((0.07..=0.13).contains(&v2), "v2 share {v2}, {:?}", out.by_version);
+    assert!(
+        (0.07..=0.13).contains(&v2),
+        "v2 share {v2}, {:?}",
+        out.by_version
+    );
     // The app saw the caller's verified identity, asserted by the waypoint.
     let xfcc: Vec<_> = out.identities_seen_by_app.iter().collect();
     assert_eq!(xfcc, [&format!("By={WAYPOINT_ID};URI={CLIENT_ID}")]);
@@ -36,7 +40,10 @@ async fn http1_keepalive_split_identities_and_reuse() {
     assert!(pool.connections_opened <= 2, "{pool:?}");
     assert!(pool.streams_opened <= 2 * conns as u64, "{pool:?}");
     let app_conns = mesh.app_connections();
-    assert!(app_conns <= 2 * conns as u64, "app connections {app_conns} for {n} requests");
+    assert!(
+        app_conns <= 2 * conns as u64,
+        "app connections {app_conns} for {n} requests"
+    );
     mesh.shutdown().await;
 }
 
@@ -52,7 +59,11 @@ async fn h2c_inside_the_mesh() {
 }
 
 /// Dials the waypoint directly, as a ztunnel would, with `source`'s certificate.
-async fn dial_waypoint(mesh: &waypoint::demo::DemoMesh, source: &CertStore, authority: std::net::SocketAddr) -> Result<(), HboneError> {
+async fn dial_waypoint(
+    mesh: &waypoint::demo::DemoMesh,
+    source: &CertStore,
+    authority: std::net::SocketAddr,
+) -> Result<(), HboneError> {
     let pool = Pool::new(PoolOptions::default());
     let expected = [WAYPOINT_ID.parse::<Identity>().unwrap()];
     let dial = Dial {
@@ -70,12 +81,14 @@ async fn connect_to_a_destination_not_served_is_refused() {
     let mesh = common::mesh(None).await;
     let client = CertStore::new(mesh.ca.certs_for(&CLIENT_ID.parse().unwrap()).unwrap());
     let vip = std::net::SocketAddr::new(mesh.ip(100), 9080);
-    dial_waypoint(&mesh, &client, vip).await.expect("the bound service is served");
+    dial_waypoint(&mesh, &client, vip)
+        .await
+        .expect("the bound service is served");
     for foreign in [
         std::net::SocketAddr::new(mesh.ip(11), mesh.opts.app_port), // a pod, not a service of this waypoint
-        std::net::SocketAddr::new(mesh.ip(110), 9080),              // a service not bound to this waypoint
-        std::net::SocketAddr::new(mesh.ip(100), 9081),              // the right VIP, a port it does not have
-        "10.1.2.3:443".parse().unwrap(),                             // somewhere else entirely
+        std::net::SocketAddr::new(mesh.ip(110), 9080), // a service not bound to this waypoint
+        std::net::SocketAddr::new(mesh.ip(100), 9081), // the right VIP, a port it does not have
+        "10.1.2.3:443".parse().unwrap(),               // somewhere else entirely
     ] {
         match dial_waypoint(&mesh, &client, foreign).await {
             Err(HboneError::Refused { status, .. }) => assert_eq!(status, 400, "{foreign}"),
@@ -92,11 +105,56 @@ async fn client_certs_from_another_ca_or_trust_domain_are_rejected() {
     // Another CA, same trust domain and identity.
     let other_ca = mesh::devca::DevCa::generate("cluster.local").unwrap();
     let forged = CertStore::new(other_ca.certs_for(&CLIENT_ID.parse().unwrap()).unwrap());
-    let err = dial_waypoint(&mesh, &forged, vip).await.expect_err("a cert from another CA must be rejected");
-    assert!(!matches!(err, HboneError::Refused { .. }), "rejected at the handshake, not by CONNECT: {err:?}");
+    let err = dial_waypoint(&mesh, &forged, vip)
+        .await
+        .expect_err("a cert from another CA must be rejected");
+    assert!(
+        !matches!(err, HboneError::Refused { .. }),
+        "rejected at the handshake, not by CONNECT: {err:?}"
+    );
     // The mesh's own CA, but an identity in another trust domain.
-    let other_td = CertStore::new(mesh.ca.certs_for(&Identity::new("evil.example", "default", "bookinfo-productpage")).unwrap());
-    let err = dial_waypoint(&mesh, &other_td, vip).await.expect_err("another trust domain must be rejected");
-    assert!(!matches!(err, HboneError::Refused { .. }), "rejected at the handshake: {err:?}");
+    let other_td = CertStore::new(
+        mesh.ca
+            .certs_for(&Identity::new(
+                "evil.example",
+                "default",
+                "bookinfo-productpage",
+            ))
+            .unwrap(),
+    );
+    let err = dial_waypoint(&mesh, &other_td, vip)
+        .await
+        .expect_err("another trust domain must be rejected");
+    assert!(
+        !matches!(err, HboneError::Refused { .. }),
+        "rejected at the handshake: {err:?}"
+    );
+    mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_outside_the_mesh_are_reached_over_plain_tcp() {
+    // reviews-v2 opts out of ambient and takes all the traffic: the waypoint must reach it without HBONE.
+    let manifests = waypoint::demo::DEMO_MANIFESTS
+        .replace(
+            "labels: {app: reviews, version: v2}",
+            "labels: {app: reviews, version: v2, istio.io/dataplane-mode: none}",
+        )
+        .replace("weight: 90}", "weight: 0}")
+        .replace("weight: 10}", "weight: 100}");
+    let mesh = common::mesh(Some(manifests)).await;
+    let t = mesh.target();
+    let out = run_load(&t, Proto::Http1, "/reviews", 200, 2, Duration::ZERO).await;
+    assert_eq!(out.failed, 0, "errors: {:?}", out.errors);
+    assert_eq!(out.by_version.get("v2"), Some(&200));
+    assert_eq!(
+        mesh.waypoint.pool_stats().connections_opened,
+        0,
+        "no HBONE to a non-mesh endpoint"
+    );
+    assert!(
+        mesh.node_b.stats().inbound_peers.is_empty(),
+        "node-b was bypassed"
+    );
     mesh.shutdown().await;
 }

@@ -47,7 +47,11 @@ async fn weights_swap_under_load_without_a_failed_request() {
     let mut conn = Conn::open(&t, Proto::Http1).await.unwrap();
     for round in 0..8u32 {
         // Alternate all-v1 and all-v2 so each swap is observable request by request.
-        let (v1, v2, want) = if round % 2 == 0 { (0, 100, "v2") } else { (100, 0, "v1") };
+        let (v1, v2, want) = if round % 2 == 0 {
+            (0, 100, "v2")
+        } else {
+            (100, 0, "v1")
+        };
         let before = live.generation();
         mesh.write_manifests(&with_weights(v1, v2)).unwrap();
         assert!(
@@ -57,12 +61,17 @@ async fn weights_swap_under_load_without_a_failed_request() {
         for _ in 0..20 {
             let r = conn.get(&t, "/reviews").await.unwrap();
             assert_eq!(r.status, 200);
-            assert_eq!(r.version.as_deref(), Some(want), "round {round}: new weights in effect");
+            assert_eq!(
+                r.version.as_deref(),
+                Some(want),
+                "round {round}: new weights in effect"
+            );
         }
         if round == 4 {
             // Break it: a negative weight. Rejected whole; the last good config keeps serving.
             let gen = live.generation();
-            mesh.write_manifests(&with_weights(100, 0).replace("weight: 0}", "weight: -5}")).unwrap();
+            mesh.write_manifests(&with_weights(100, 0).replace("weight: 0}", "weight: -5}"))
+                .unwrap();
             assert!(
                 common::eventually(Duration::from_secs(10), || live.last_error().is_some()).await,
                 "the broken config was not reported"
@@ -70,18 +79,33 @@ async fn weights_swap_under_load_without_a_failed_request() {
             let err = live.last_error().unwrap();
             assert_eq!(err.object, "HTTPRoute default/reviews", "{err}");
             assert!(err.field.contains("weight"), "{err}");
-            assert_eq!(live.generation(), gen, "a broken config must not be installed");
+            assert_eq!(
+                live.generation(),
+                gen,
+                "a broken config must not be installed"
+            );
             for _ in 0..20 {
                 let r = conn.get(&t, "/reviews").await.unwrap();
-                assert_eq!(r.version.as_deref(), Some(want), "still serving the last good config");
+                assert_eq!(
+                    r.version.as_deref(),
+                    Some(want),
+                    "still serving the last good config"
+                );
             }
         }
     }
     stop.store(true, Ordering::Relaxed);
     let total = load.await.unwrap();
     assert!(total.ok > 0);
-    assert_eq!(total.failed, 0, "failed requests during swaps: {:?}", total.errors);
-    assert!(live.last_error().is_none(), "a good config clears the error");
+    assert_eq!(
+        total.failed, 0,
+        "failed requests during swaps: {:?}",
+        total.errors
+    );
+    assert!(
+        live.last_error().is_none(),
+        "a good config clears the error"
+    );
     if let Ok(mesh) = Arc::try_unwrap(mesh) {
         mesh.shutdown().await;
     }

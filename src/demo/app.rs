@@ -46,7 +46,9 @@ impl App {
         let (st, ver) = (stats.clone(), version.to_string());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
                 let _ = tcp.set_nodelay(true);
                 st.connections.fetch_add(1, Ordering::Relaxed);
                 let (st, ver) = (st.clone(), ver.clone());
@@ -62,7 +64,12 @@ impl App {
                 });
             }
         });
-        Ok(App { addr, version: version.to_string(), stats, task })
+        Ok(App {
+            addr,
+            version: version.to_string(),
+            stats,
+            task,
+        })
     }
 }
 

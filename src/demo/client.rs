@@ -39,8 +39,12 @@ pub struct Target {
 /// Connects through SOCKS5 (no auth, CONNECT) to `host:port`.
 pub async fn socks5_connect(t: &Target) -> anyhow::Result<TcpStream> {
     let sock = TcpSocket::new_v4()?;
-    sock.bind(SocketAddr::new(t.source_ip, 0)).context("binding the client pod address")?;
-    let mut s = sock.connect(t.socks).await.with_context(|| format!("connecting to SOCKS5 {}", t.socks))?;
+    sock.bind(SocketAddr::new(t.source_ip, 0))
+        .context("binding the client pod address")?;
+    let mut s = sock
+        .connect(t.socks)
+        .await
+        .with_context(|| format!("connecting to SOCKS5 {}", t.socks))?;
     s.set_nodelay(true)?;
     s.write_all(&[5, 1, 0]).await?;
     let mut two = [0u8; 2];
@@ -69,7 +73,12 @@ pub async fn socks5_connect(t: &Target) -> anyhow::Result<TcpStream> {
     let mut head = [0u8; 4];
     s.read_exact(&mut head).await?;
     if head[1] != 0 {
-        bail!("SOCKS5 CONNECT to {}:{} failed with reply {}", t.host, t.port, head[1]);
+        bail!(
+            "SOCKS5 CONNECT to {}:{} failed with reply {}",
+            t.host,
+            t.port,
+            head[1]
+        );
     }
     let rest = match head[3] {
         1 => 4 + 2,
@@ -121,20 +130,38 @@ impl Conn {
         let resp = match self {
             Conn::Http1(s) => {
                 s.ready().await?;
-                let req = Request::get(path).header("host", authority).body(Empty::new())?;
+                let req = Request::get(path)
+                    .header("host", authority)
+                    .body(Empty::new())?;
                 s.send_request(req).await?
             }
             Conn::H2c(s) => {
                 s.ready().await?;
                 let uri = format!("http://{authority}{path}");
-                s.send_request(Request::get(uri).body(Empty::new())?).await?
+                s.send_request(Request::get(uri).body(Empty::new())?)
+                    .await?
             }
         };
-        let header = |n: &str| resp.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let (status, version, xfcc, error_flag) =
-            (resp.status().as_u16(), header("x-version"), header("x-seen-xfcc"), header("x-waypoint-error"));
+        let header = |n: &str| {
+            resp.headers()
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let (status, version, xfcc, error_flag) = (
+            resp.status().as_u16(),
+            header("x-version"),
+            header("x-seen-xfcc"),
+            header("x-waypoint-error"),
+        );
         let body = resp.into_body().collect().await?.to_bytes();
-        Ok(Reply { status, version, xfcc, error_flag, body })
+        Ok(Reply {
+            status,
+            version,
+            xfcc,
+            error_flag,
+            body,
+        })
     }
 }
 
@@ -185,7 +212,14 @@ impl Outcome {
 
 /// Sends `total` requests over `connections` keep-alive connections (closed loop), `pause` between requests of
 /// one connection. A broken connection is reopened; its failure is counted.
-pub async fn run_load(t: &Target, proto: Proto, path: &str, total: usize, connections: usize, pause: Duration) -> Outcome {
+pub async fn run_load(
+    t: &Target,
+    proto: Proto,
+    path: &str,
+    total: usize,
+    connections: usize,
+    pause: Duration,
+) -> Outcome {
     let tickets = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -208,7 +242,9 @@ pub async fn run_load(t: &Target, proto: Proto, path: &str, total: usize, connec
                     Ok(r) if r.status == 200 => {
                         out.ok += 1;
                         out.latencies_us.push(t0.elapsed().as_micros() as u64);
-                        *out.by_version.entry(r.version.unwrap_or_default()).or_default() += 1;
+                        *out.by_version
+                            .entry(r.version.unwrap_or_default())
+                            .or_default() += 1;
                         *out.statuses.entry(200).or_default() += 1;
                         if let Some(x) = r.xfcc {
                             out.identities_seen_by_app.insert(x);
@@ -217,7 +253,9 @@ pub async fn run_load(t: &Target, proto: Proto, path: &str, total: usize, connec
                     Ok(r) => {
                         out.failed += 1;
                         *out.statuses.entry(r.status).or_default() += 1;
-                        *out.errors.entry(r.error_flag.unwrap_or_else(|| r.status.to_string())).or_default() += 1;
+                        *out.errors
+                            .entry(r.error_flag.unwrap_or_else(|| r.status.to_string()))
+                            .or_default() += 1;
                     }
                     Err(e) => {
                         out.failed += 1;

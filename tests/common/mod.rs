@@ -13,8 +13,16 @@ pub async fn mesh(manifests: Option<String>) -> DemoMesh {
     let mut last = None;
     for _ in 0..8 {
         let net = [127, fastrand::u8(1..=254), fastrand::u8(1..=254)];
-        let (Some(hbone_port), Some(app_port)) = (free_port(net), free_port(net)) else { continue };
-        let opts = DemoOptions { net, hbone_port, socks_port: 0, app_port, manifests: manifests.clone() };
+        let (Some(hbone_port), Some(app_port)) = (free_port(net), free_port(net)) else {
+            continue;
+        };
+        let opts = DemoOptions {
+            net,
+            hbone_port,
+            socks_port: 0,
+            app_port,
+            manifests: manifests.clone(),
+        };
         match DemoMesh::start(opts).await {
             Ok(m) => return m,
             Err(e) => last = Some(e),

@@ -23,8 +23,13 @@ use crate::view::NodeView;
 pub enum InboundError {
     #[error("authority {0} is not a workload on this node")]
     NotLocal(SocketAddr),
-    #[error("authority {authority} does not match the address the connection arrived on ({arrived})")]
-    WrongDestination { authority: SocketAddr, arrived: SocketAddr },
+    #[error(
+        "authority {authority} does not match the address the connection arrived on ({arrived})"
+    )]
+    WrongDestination {
+        authority: SocketAddr,
+        arrived: SocketAddr,
+    },
     #[error("application unreachable: {0}")]
     AppUnreachable(#[source] OutboundError),
 }
@@ -32,7 +37,9 @@ pub enum InboundError {
 impl InboundError {
     pub fn status(&self) -> StatusCode {
         match self {
-            InboundError::NotLocal(_) | InboundError::WrongDestination { .. } => StatusCode::BAD_REQUEST,
+            InboundError::NotLocal(_) | InboundError::WrongDestination { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             InboundError::AppUnreachable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -46,7 +53,10 @@ pub fn check_inbound(view: &NodeView, req: &InboundConnect) -> Result<SocketAddr
     }
     let arrived_here = authority.ip() == req.local_addr.ip();
     if !arrived_here && !view.is_waypoint_of(authority.ip(), &req.peer_identity) {
-        return Err(InboundError::WrongDestination { authority, arrived: req.local_addr });
+        return Err(InboundError::WrongDestination {
+            authority,
+            arrived: req.local_addr,
+        });
     }
     Ok(authority)
 }
@@ -112,12 +122,36 @@ mod tests {
         // node-b holds demo/app-1 (10.0.1.3, behind waypoint demo/waypoint via Service echo) and legacy/db.
         let view = testdata::view("node-b");
         let cases = [
-            ("to the pod it arrived on", req("10.0.1.3:8080", "10.0.1.3:15008", "client"), None),
-            ("not a local workload", req("10.0.0.2:80", "10.0.1.3:15008", "client"), Some(400)),
-            ("unknown address", req("10.9.9.9:80", "10.0.1.3:15008", "client"), Some(400)),
-            ("other local pod, plain caller", req("10.0.1.3:8080", "10.0.2.4:15008", "client"), Some(400)),
-            ("other local pod, the pod's waypoint", req("10.0.1.3:8080", "10.0.2.4:15008", "waypoint"), None),
-            ("waypoint of a service the pod does not back", req("10.0.2.4:5432", "10.0.1.3:15008", "waypoint"), Some(400)),
+            (
+                "to the pod it arrived on",
+                req("10.0.1.3:8080", "10.0.1.3:15008", "client"),
+                None,
+            ),
+            (
+                "not a local workload",
+                req("10.0.0.2:80", "10.0.1.3:15008", "client"),
+                Some(400),
+            ),
+            (
+                "unknown address",
+                req("10.9.9.9:80", "10.0.1.3:15008", "client"),
+                Some(400),
+            ),
+            (
+                "other local pod, plain caller",
+                req("10.0.1.3:8080", "10.0.2.4:15008", "client"),
+                Some(400),
+            ),
+            (
+                "other local pod, the pod's waypoint",
+                req("10.0.1.3:8080", "10.0.2.4:15008", "waypoint"),
+                None,
+            ),
+            (
+                "waypoint of a service the pod does not back",
+                req("10.0.2.4:5432", "10.0.1.3:15008", "waypoint"),
+                Some(400),
+            ),
         ];
         for (name, r, want) in cases {
             let got = check_inbound(&view, &r).map_err(|e| e.status().as_u16());

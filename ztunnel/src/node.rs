@@ -108,22 +108,40 @@ impl Ztunnel {
             counters: counters.clone(),
             own: own.clone(),
         });
-        let handler = Arc::new(InboundHandler { live: live.clone(), counters: counters.clone(), drain: drain.clone() });
+        let handler = Arc::new(InboundHandler {
+            live: live.clone(),
+            counters: counters.clone(),
+            drain: drain.clone(),
+        });
 
         let mut tasks = vec![];
         let mut inbound_addrs = vec![];
         for (store, listener) in inbound {
             inbound_addrs.push(addr_of(&listener));
-            let serve = mesh::hbone::serve(listener, store, handler.clone(), ServerOptions::default(), drain.stopping());
+            let serve = mesh::hbone::serve(
+                listener,
+                store,
+                handler.clone(),
+                ServerOptions::default(),
+                drain.stopping(),
+            );
             tasks.push(tokio::spawn(serve));
         }
         let socks5_addr = socks5.as_ref().map(addr_of);
         if let Some(l) = socks5 {
-            tasks.push(tokio::spawn(socks5::run(l, outbound.clone(), drain.clone())));
+            tasks.push(tokio::spawn(socks5::run(
+                l,
+                outbound.clone(),
+                drain.clone(),
+            )));
         }
         let redirect_addr = redirect.as_ref().map(addr_of);
         if let Some(l) = redirect {
-            tasks.push(tokio::spawn(redirect::run(l, outbound.clone(), drain.clone())));
+            tasks.push(tokio::spawn(redirect::run(
+                l,
+                outbound.clone(),
+                drain.clone(),
+            )));
         }
         tracing::info!(inbound = ?inbound_addrs, socks5 = ?socks5_addr, redirect = ?redirect_addr, "ztunnel listening");
         Ok(Ztunnel {
@@ -173,11 +191,17 @@ impl Ztunnel {
     /// [`SHUTDOWN_GRACE`], then cuts the rest.
     pub async fn shutdown(self) {
         if !self.drain.shutdown(SHUTDOWN_GRACE).await {
-            tracing::warn!(remaining = self.drain.active(), "shutdown grace elapsed; cutting connections");
+            tracing::warn!(
+                remaining = self.drain.active(),
+                "shutdown grace elapsed; cutting connections"
+            );
         }
         for task in self.tasks {
             let abort = task.abort_handle();
-            if tokio::time::timeout(Duration::from_secs(1), task).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(1), task)
+                .await
+                .is_err()
+            {
                 abort.abort();
             }
         }
@@ -193,7 +217,11 @@ fn node_spec(cfg: &NodeConfig) -> anyhow::Result<NodeSpec> {
         .iter()
         .map(|w| w.parse::<WorkloadRef>())
         .collect::<Result<Vec<_>, _>>()?;
-    let default_workload = cfg.socks5_default_workload.as_deref().map(str::parse).transpose()?;
+    let default_workload = cfg
+        .socks5_default_workload
+        .as_deref()
+        .map(str::parse)
+        .transpose()?;
     Ok(NodeSpec {
         trust_domain: cfg.trust_domain.clone(),
         node: cfg.node.clone(),
@@ -217,13 +245,18 @@ fn check_spec(view: &NodeView, spec: &NodeSpec) -> anyhow::Result<()> {
         }
     }
     if view.local_workloads().next().is_none() && view.default_source().is_none() {
-        tracing::warn!("no local workloads and no default workload: every outbound connection will be refused");
+        tracing::warn!(
+            "no local workloads and no default workload: every outbound connection will be refused"
+        );
     }
     Ok(())
 }
 
 /// Loads (and watches) the certificate of every local workload and of the default workload.
-fn load_certs(view: &NodeView, cfg: &NodeConfig) -> anyhow::Result<(CertSet, Vec<identity::WatchGuard>)> {
+fn load_certs(
+    view: &NodeView,
+    cfg: &NodeConfig,
+) -> anyhow::Result<(CertSet, Vec<identity::WatchGuard>)> {
     let mut certs = CertSet::new();
     let mut guards = vec![];
     for w in view.local_workloads().chain(view.default_source()) {
@@ -232,9 +265,14 @@ fn load_certs(view: &NodeView, cfg: &NodeConfig) -> anyhow::Result<(CertSet, Vec
             continue;
         }
         let paths = workload_paths(&cfg.certs_dir, &id);
-        let store = CertStore::load(&paths).with_context(|| format!("certificate of {id} ({})", paths.cert.display()))?;
+        let store = CertStore::load(&paths)
+            .with_context(|| format!("certificate of {id} ({})", paths.cert.display()))?;
         if store.identity() != id {
-            bail!("{} holds a certificate for {}, not {id}", paths.cert.display(), store.identity());
+            bail!(
+                "{} holds a certificate for {}, not {id}",
+                paths.cert.display(),
+                store.identity()
+            );
         }
         guards.push(store.watch(paths));
         certs.insert(id, store);
@@ -243,7 +281,11 @@ fn load_certs(view: &NodeView, cfg: &NodeConfig) -> anyhow::Result<(CertSet, Vec
 }
 
 /// One inbound listener per distinct local workload IP, with that workload's certificate.
-async fn bind_inbound(view: &NodeView, certs: &CertSet, port: u16) -> anyhow::Result<Vec<(CertStore, TcpListener)>> {
+async fn bind_inbound(
+    view: &NodeView,
+    certs: &CertSet,
+    port: u16,
+) -> anyhow::Result<Vec<(CertStore, TcpListener)>> {
     let mut seen = BTreeSet::<IpAddr>::new();
     let mut out = vec![];
     for w in view.local_workloads() {
@@ -251,11 +293,16 @@ async fn bind_inbound(view: &NodeView, certs: &CertSet, port: u16) -> anyhow::Re
             continue;
         }
         let addr = SocketAddr::new(w.ip, port);
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("inbound HBONE listener of {}/{} on {addr}", w.namespace, w.name))?;
+        let listener = TcpListener::bind(addr).await.with_context(|| {
+            format!(
+                "inbound HBONE listener of {}/{} on {addr}",
+                w.namespace, w.name
+            )
+        })?;
         let id = w.identity(view.trust_domain());
-        let store = certs.get(&id).with_context(|| format!("no certificate loaded for {id}"))?;
+        let store = certs
+            .get(&id)
+            .with_context(|| format!("no certificate loaded for {id}"))?;
         out.push((store.clone(), listener));
     }
     Ok(out)
@@ -264,6 +311,10 @@ async fn bind_inbound(view: &NodeView, certs: &CertSet, port: u16) -> anyhow::Re
 async fn bind_opt(addr: Option<SocketAddr>, what: &str) -> anyhow::Result<Option<TcpListener>> {
     match addr {
         None => Ok(None),
-        Some(a) => Ok(Some(TcpListener::bind(a).await.with_context(|| format!("{what} listener on {a}"))?)),
+        Some(a) => Ok(Some(
+            TcpListener::bind(a)
+                .await
+                .with_context(|| format!("{what} listener on {a}"))?,
+        )),
     }
 }

@@ -40,7 +40,10 @@ pub enum OutboundError {
     #[error(transparent)]
     Hbone(#[from] HboneError),
     #[error("connect to {addr}: {source}")]
-    Tcp { addr: SocketAddr, source: std::io::Error },
+    Tcp {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("connect to {0}: timed out")]
     TcpTimeout(SocketAddr),
 }
@@ -83,20 +86,35 @@ impl Outbound {
         dest: &Destination,
     ) -> Result<(OutboundPlan, UpstreamConn), OutboundError> {
         let view = self.live.load();
-        let source = view.source_for(client.ip()).ok_or(OutboundError::NoSource(client.ip()))?;
-        let req = plan::OutboundRequest { source, client, dest, pick: fastrand::usize(..) };
+        let source = view
+            .source_for(client.ip())
+            .ok_or(OutboundError::NoSource(client.ip()))?;
+        let req = plan::OutboundRequest {
+            source,
+            client,
+            dest,
+            pick: fastrand::usize(..),
+        };
         let plan = plan::plan_outbound(&view, &self.own, &req)?;
         tracing::debug!(%client, %dest, source = %source.name, ?plan, "outbound plan");
         let conn = match &plan.upstream {
-            Upstream::Hbone { hbone_addr, authority, expected, headers } => {
+            Upstream::Hbone {
+                hbone_addr,
+                authority,
+                expected,
+                headers,
+            } => {
                 let identity = source.identity(view.trust_domain());
-                let certs = self.certs.get(&identity).ok_or(OutboundError::NoCerts(identity))?;
+                let certs = self
+                    .certs
+                    .get(&identity)
+                    .ok_or(OutboundError::NoCerts(identity))?;
                 let dial = Dial {
                     hbone_addr: *hbone_addr,
                     authority: *authority,
                     source: certs,
                     expected: std::slice::from_ref(expected),
-                    headers: headers.clone(),
+                    headers: with_traceparent(headers.clone()),
                 };
                 UpstreamConn::Hbone(self.pool.connect(dial).await?)
             }
@@ -104,6 +122,16 @@ impl Outbound {
         };
         Ok((plan, conn))
     }
+}
+
+/// Adds a fresh random W3C `traceparent` (not sampled) to a planned header set.
+fn with_traceparent(mut headers: http::HeaderMap) -> http::HeaderMap {
+    let value = plan::traceparent(fastrand::u128(1..), fastrand::u64(1..));
+    headers.insert(
+        "traceparent",
+        http::HeaderValue::try_from(value).expect("hex is a valid header value"),
+    );
+    headers
 }
 
 /// Plain TCP connect, bounded by [`TCP_CONNECT_TIMEOUT`].

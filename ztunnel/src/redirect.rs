@@ -68,7 +68,10 @@ pub fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
 /// Not available off Linux: always the fallback.
 #[cfg(not(target_os = "linux"))]
 pub fn original_dst(_stream: &TcpStream) -> io::Result<SocketAddr> {
-    Err(io::Error::new(io::ErrorKind::Unsupported, "SO_ORIGINAL_DST is Linux-only"))
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "SO_ORIGINAL_DST is Linux-only",
+    ))
 }
 
 /// The original destination, or the socket's local address when `SO_ORIGINAL_DST` is unavailable.

@@ -104,7 +104,10 @@ where
             let mut name = vec![0u8; len as usize];
             stream.read_exact(&mut name).await?;
             let name = String::from_utf8(name).map_err(|_| Socks5Error::BadDomain)?;
-            Destination::Host { name, port: read_port(stream).await? }
+            Destination::Host {
+                name,
+                port: read_port(stream).await?,
+            }
         }
         other => {
             write_reply(stream, Reply::AddressTypeNotSupported).await?;
@@ -116,7 +119,9 @@ where
 
 /// Writes a reply; the bound address is always `0.0.0.0:0` (clients of a CONNECT do not use it).
 pub async fn write_reply<S: AsyncWrite + Unpin>(stream: &mut S, reply: Reply) -> io::Result<()> {
-    stream.write_all(&[VERSION, reply as u8, 0x00, ATYP_V4, 0, 0, 0, 0, 0, 0]).await?;
+    stream
+        .write_all(&[VERSION, reply as u8, 0x00, ATYP_V4, 0, 0, 0, 0, 0, 0])
+        .await?;
     stream.flush().await
 }
 
@@ -131,10 +136,11 @@ pub fn reply_code(err: &OutboundError) -> Reply {
             503 => Reply::ConnectionRefused,
             _ => Reply::GeneralFailure,
         },
-        OutboundError::Hbone(HboneError::Connect { source, .. }) | OutboundError::Tcp { source, .. } => {
-            io_reply(source)
+        OutboundError::Hbone(HboneError::Connect { source, .. })
+        | OutboundError::Tcp { source, .. } => io_reply(source),
+        OutboundError::Hbone(HboneError::Timeout(_)) | OutboundError::TcpTimeout(_) => {
+            Reply::TtlExpired
         }
-        OutboundError::Hbone(HboneError::Timeout(_)) | OutboundError::TcpTimeout(_) => Reply::TtlExpired,
         OutboundError::Hbone(_) => Reply::GeneralFailure,
     }
 }
@@ -214,6 +220,7 @@ mod tests {
     async fn handshake(input: &[u8]) -> (Result<Destination, Socks5Error>, Vec<u8>) {
         let (mut client, mut server) = duplex(1024);
         client.write_all(input).await.unwrap();
+        client.shutdown().await.unwrap();
         let res = read_request(&mut server).await;
         drop(server);
         let mut out = vec![];
@@ -230,12 +237,25 @@ mod tests {
                 Destination::Addr("10.0.0.7:8080".parse().unwrap()),
             ),
             (
-                [vec![5, 2, 2, 0, 5, 1, 0, 4], Ipv6Addr::LOCALHOST.octets().to_vec(), vec![0, 80]].concat(),
+                [
+                    vec![5, 2, 2, 0, 5, 1, 0, 4],
+                    Ipv6Addr::LOCALHOST.octets().to_vec(),
+                    vec![0, 80],
+                ]
+                .concat(),
                 Destination::Addr("[::1]:80".parse().unwrap()),
             ),
             (
-                [vec![5, 1, 0, 5, 1, 0, 3, 9], b"echo.demo".to_vec(), vec![0, 80]].concat(),
-                Destination::Host { name: "echo.demo".into(), port: 80 },
+                [
+                    vec![5, 1, 0, 5, 1, 0, 3, 9],
+                    b"echo.demo".to_vec(),
+                    vec![0, 80],
+                ]
+                .concat(),
+                Destination::Host {
+                    name: "echo.demo".into(),
+                    port: 80,
+                },
             ),
         ];
         for (input, want) in cases {
@@ -249,7 +269,10 @@ mod tests {
     async fn refusals_are_answered() {
         // Only username/password offered.
         let (res, out) = handshake(&[5, 1, 2]).await;
-        assert!(matches!(res, Err(Socks5Error::NoAcceptableMethod)), "{res:?}");
+        assert!(
+            matches!(res, Err(Socks5Error::NoAcceptableMethod)),
+            "{res:?}"
+        );
         assert_eq!(out, [5, 0xff]);
         // BIND.
         let (res, out) = handshake(&[5, 1, 0, 5, 2, 0, 1, 1, 2, 3, 4, 0, 80]).await;
@@ -277,16 +300,31 @@ mod tests {
                 status: http::StatusCode::from_u16(code).unwrap(),
             })
         };
-        let tcp = |kind: io::ErrorKind| OutboundError::Tcp { addr, source: io::Error::from(kind) };
+        let tcp = |kind: io::ErrorKind| OutboundError::Tcp {
+            addr,
+            source: io::Error::from(kind),
+        };
         let cases = [
             (OutboundError::NoSource(addr.ip()), Reply::NotAllowed),
-            (OutboundError::Plan(PlanError::SelfCall(addr)), Reply::NotAllowed),
-            (OutboundError::Plan(PlanError::UnknownHost("x".into())), Reply::HostUnreachable),
+            (
+                OutboundError::Plan(PlanError::SelfCall(addr)),
+                Reply::NotAllowed,
+            ),
+            (
+                OutboundError::Plan(PlanError::UnknownHost("x".into())),
+                Reply::HostUnreachable,
+            ),
             (refused(503), Reply::ConnectionRefused),
             (refused(401), Reply::NotAllowed),
             (refused(400), Reply::GeneralFailure),
-            (tcp(io::ErrorKind::ConnectionRefused), Reply::ConnectionRefused),
-            (tcp(io::ErrorKind::NetworkUnreachable), Reply::NetworkUnreachable),
+            (
+                tcp(io::ErrorKind::ConnectionRefused),
+                Reply::ConnectionRefused,
+            ),
+            (
+                tcp(io::ErrorKind::NetworkUnreachable),
+                Reply::NetworkUnreachable,
+            ),
             (OutboundError::TcpTimeout(addr), Reply::TtlExpired),
         ];
         for (err, want) in cases {

@@ -30,10 +30,12 @@ impl FromStr for WorkloadRef {
     type Err = BadWorkloadRef;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.split_once('/') {
-            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => Ok(WorkloadRef {
-                namespace: ns.to_string(),
-                name: name.to_string(),
-            }),
+            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+                Ok(WorkloadRef {
+                    namespace: ns.to_string(),
+                    name: name.to_string(),
+                })
+            }
             _ => Err(BadWorkloadRef(s.to_string())),
         }
     }
@@ -81,7 +83,10 @@ impl NodeView {
             .filter(|w| is_local(w, spec))
             .map(|w| (w.ip, w.clone()))
             .collect();
-        let default_source = spec.default_workload.as_ref().and_then(|r| find(&mesh, r).cloned());
+        let default_source = spec
+            .default_workload
+            .as_ref()
+            .and_then(|r| find(&mesh, r).cloned());
         let waypoint_callers = waypoint_callers(&mesh, &spec.trust_domain, &local);
         NodeView {
             mesh,
@@ -128,7 +133,9 @@ impl NodeView {
 
     /// True when `caller` is the waypoint of a service that the local workload at `ip` backs.
     pub fn is_waypoint_of(&self, ip: IpAddr, caller: &Identity) -> bool {
-        self.waypoint_callers.get(&ip).is_some_and(|ids| ids.contains(caller))
+        self.waypoint_callers
+            .get(&ip)
+            .is_some_and(|ids| ids.contains(caller))
     }
 
     /// Finds a workload of the mesh by `namespace/name` (local or not).
@@ -139,11 +146,17 @@ impl NodeView {
 
 fn is_local(w: &Workload, spec: &NodeSpec) -> bool {
     let on_node = spec.node.is_some() && w.node == spec.node;
-    on_node || spec.workloads.iter().any(|r| r.namespace == w.namespace && r.name == w.name)
+    on_node
+        || spec
+            .workloads
+            .iter()
+            .any(|r| r.namespace == w.namespace && r.name == w.name)
 }
 
 fn find<'m>(mesh: &'m Mesh, r: &WorkloadRef) -> Option<&'m Arc<Workload>> {
-    mesh.workloads.iter().find(|w| w.namespace == r.namespace && w.name == r.name)
+    mesh.workloads
+        .iter()
+        .find(|w| w.namespace == r.namespace && w.name == r.name)
 }
 
 /// For each local workload, the identities of the waypoints of every service (any port) it is an endpoint of.

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
 use crate::identity::{CertPaths, Certs, Identity, IdentityError};
@@ -41,7 +41,8 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> IdentityError + '_ {
 impl DevCa {
     /// A new self-signed CA (ECDSA P-256) named for `trust_domain`.
     pub fn generate(trust_domain: &str) -> Result<DevCa, IdentityError> {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(rcgen_err("CA key"))?;
+        let key =
+            KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(rcgen_err("CA key"))?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, trust_domain);
@@ -53,7 +54,9 @@ impl DevCa {
             KeyUsagePurpose::DigitalSignature,
         ];
         set_validity(&mut params, CA_DAYS);
-        let cert = params.self_signed(&key).map_err(rcgen_err("CA certificate"))?;
+        let cert = params
+            .self_signed(&key)
+            .map_err(rcgen_err("CA certificate"))?;
         Ok(DevCa {
             trust_domain: trust_domain.to_string(),
             ca_pem: cert.pem(),
@@ -76,8 +79,10 @@ impl DevCa {
             .next()
             .ok_or_else(|| pem_err(&cert_path, "no CERTIFICATE found".into()))?
             .map_err(|e| pem_err(&cert_path, e.to_string()))?;
-        let trust_domain = ca_common_name(&der).ok_or_else(|| pem_err(&cert_path, "CA has no common name".into()))?;
-        let issuer = Issuer::from_ca_cert_der(&der, key).map_err(|e| pem_err(&cert_path, e.to_string()))?;
+        let trust_domain = ca_common_name(&der)
+            .ok_or_else(|| pem_err(&cert_path, "CA has no common name".into()))?;
+        let issuer =
+            Issuer::from_ca_cert_der(&der, key).map_err(|e| pem_err(&cert_path, e.to_string()))?;
         Ok(DevCa {
             trust_domain,
             ca_pem,
@@ -96,7 +101,8 @@ impl DevCa {
 
     /// A leaf for `id`: URI SAN = the SPIFFE ID, valid from one hour ago for `days` days. Returns (cert PEM, key PEM).
     pub fn issue(&self, id: &Identity, days: u32) -> Result<(String, String), IdentityError> {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(rcgen_err("workload key"))?;
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(rcgen_err("workload key"))?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, id.trust_domain.as_str());
@@ -107,8 +113,14 @@ impl DevCa {
             .map_err(|_| IdentityError::BadSpiffe(id.to_string()))?;
         params.subject_alt_names = vec![SanType::URI(uri)];
         params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         params.use_authority_key_identifier_extension = true;
         set_validity(&mut params, u64::from(days));
         let cert = params
@@ -150,7 +162,9 @@ impl DevCa {
 /// Valid from `now - BACKDATE` to `now + days` (dates reached through `date_time_ymd`, so this crate needs no
 /// direct dependency on `time`).
 fn set_validity(params: &mut CertificateParams, days: u64) {
-    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     let epoch = rcgen::date_time_ymd(1970, 1, 1);
     params.not_before = epoch + since_epoch.saturating_sub(BACKDATE);
     params.not_after = epoch + (since_epoch + Duration::from_secs(days * 86_400));
@@ -158,7 +172,13 @@ fn set_validity(params: &mut CertificateParams, days: u64) {
 
 fn ca_common_name(der: &rustls_pki_types::CertificateDer<'_>) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
-    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_string();
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
     Some(cn)
 }
 
@@ -169,7 +189,8 @@ fn write_atomic(path: &Path, contents: &str, private: bool) -> Result<(), Identi
     #[cfg(unix)]
     if private {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(io_err(&tmp))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+            .map_err(io_err(&tmp))?;
     }
     #[cfg(not(unix))]
     let _ = private;

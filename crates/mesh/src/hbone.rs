@@ -27,13 +27,23 @@ pub const HBONE_PORT: u16 = 15008;
 #[derive(Debug, thiserror::Error)]
 pub enum HboneError {
     #[error("connect to {addr}: {source}")]
-    Connect { addr: SocketAddr, source: std::io::Error },
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("tls handshake with {addr}: {source}")]
-    Tls { addr: SocketAddr, source: std::io::Error },
+    Tls {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("h2 with {addr}: {source}")]
     H2 { addr: SocketAddr, source: h2::Error },
     #[error("CONNECT {authority} via {addr} answered {status}")]
-    Refused { addr: SocketAddr, authority: SocketAddr, status: StatusCode },
+    Refused {
+        addr: SocketAddr,
+        authority: SocketAddr,
+        status: StatusCode,
+    },
     #[error("timed out: {0}")]
     Timeout(&'static str),
 }

@@ -74,9 +74,9 @@ impl FromStr for Identity {
 /// SPIFFE: a trust domain is lowercase letters, digits, `.`, `-` and `_`.
 fn valid_trust_domain(td: &str) -> bool {
     !td.is_empty()
-        && td
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_'))
+        && td.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+        })
 }
 
 /// SPIFFE: a path segment is letters, digits, `.`, `-` and `_`, and not `.` or `..`.
@@ -94,7 +94,10 @@ pub enum IdentityError {
     #[error("not a SPIFFE identity of the form spiffe://<td>/ns/<ns>/sa/<sa>: {0:?}")]
     BadSpiffe(String),
     #[error("reading {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Pem { path: PathBuf, message: String },
     #[error("certificate carries no SPIFFE URI SAN")]
@@ -135,7 +138,14 @@ impl fmt::Debug for Certs {
 impl Certs {
     /// Parses PEM bytes; the key must match the leaf, the leaf must carry a SPIFFE URI SAN.
     pub fn from_pem(cert: &[u8], key: &[u8], ca: &[u8]) -> Result<Certs, IdentityError> {
-        Self::from_pem_named(cert, key, ca, Path::new("<cert>"), Path::new("<key>"), Path::new("<ca>"))
+        Self::from_pem_named(
+            cert,
+            key,
+            ca,
+            Path::new("<cert>"),
+            Path::new("<key>"),
+            Path::new("<ca>"),
+        )
     }
 
     pub fn load(paths: &CertPaths) -> Result<Certs, IdentityError> {

@@ -261,7 +261,7 @@ fn config_errors() {
         ("duplicate", format!("{SVC}---\n{SVC}"), "Service default/x", "metadata.name"),
         ("gateway address", "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: w}\nspec:\n  gatewayClassName: istio-waypoint\n  listeners: [{name: mesh, port: 15008, protocol: HBONE}]\nstatus:\n  addresses: [{type: IPAddress, value: not-ip}]\n".into(), "Gateway default/w", "status.addresses[0].value"),
         ("slice address", "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s, labels: {kubernetes.io/service-name: x}}\naddressType: IPv4\nendpoints: [{addresses: [1.2.3.4]}, {addresses: [bad]}]\n".into(), "EndpointSlice default/s", "endpoints[1].addresses[0]"),
-        ("list item", format!("apiVersion: v1\nkind: List\nitems:\n- {{apiVersion: v1, kind: Namespace, metadata: {{name: a}}}}\n- {{apiVersion: v1, kind: Service, metadata: {{name: x}}, spec: {{clusterIP: bad}}}}\n"), "Service default/x", "items[1].spec.clusterIP"),
+        ("list item", "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Namespace, metadata: {name: a}}\n- {apiVersion: v1, kind: Service, metadata: {name: x}, spec: {clusterIP: bad}}\n".into(), "Service default/x", "items[1].spec.clusterIP"),
     ];
     for (what, yaml, object, field) in cases {
         let err = Mesh::from_documents(&[(PathBuf::from("bad.yaml"), yaml)], DEFAULT_TRUST_DOMAIN)
@@ -317,15 +317,31 @@ fn unknown_kinds_are_skipped_and_counted() {
     assert!(m.services.is_empty() && m.waypoints.is_empty());
 }
 
-/// Namespaces `a` (labels vary), `b`; waypoints: a/wp (service), a/wl (workload), a/all (all), b/wp (service),
-/// a/other (not a waypoint class).
-fn binding_mesh(ns_labels: &str, svc_labels: &str) -> Mesh {
+/// `istio.io/use-waypoint` and `istio.io/use-waypoint-namespace`, when set.
+type UseWaypoint = (Option<&'static str>, Option<&'static str>);
+
+fn labels((name, ns): UseWaypoint) -> String {
+    let name = name.map(|n| format!("istio.io/use-waypoint: {n}, "));
+    let ns = ns.map(|n| format!("istio.io/use-waypoint-namespace: {n}"));
+    format!("{}{}", name.unwrap_or_default(), ns.unwrap_or_default())
+}
+
+/// Namespaces `a` (labels vary), `b`; a Service `a/s` (labels vary); waypoints: a/wp (for service), a/wl
+/// (workload), a/all (all), b/wp (service), a/other (not of the waypoint class).
+fn binding_mesh(ns: UseWaypoint, svc: UseWaypoint) -> Mesh {
     let gw = |ns: &str, name: &str, class: &str, for_: &str| {
-        format!("---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: {name}, namespace: {ns}, labels: {{istio.io/waypoint-for: {for_}}}}}\nspec: {{gatewayClassName: {class}, listeners: [{{name: mesh, port: 15008, protocol: HBONE}}]}}\n")
+        format!(
+            "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+             metadata: {{name: {name}, namespace: {ns}, labels: {{istio.io/waypoint-for: {for_}}}}}\n\
+             spec: {{gatewayClassName: {class}, listeners: [{{name: mesh, port: 15008, protocol: HBONE}}]}}\n"
+        )
     };
     let yaml = format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: a, labels: {{{ns_labels}}}}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: b}}\n\
-         ---\napiVersion: v1\nkind: Service\nmetadata: {{name: s, namespace: a, labels: {{{svc_labels}}}}}\n{}{}{}{}{}",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: a, labels: {{{}}}}}\n\
+         ---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: b}}\n\
+         ---\napiVersion: v1\nkind: Service\nmetadata: {{name: s, namespace: a, labels: {{{}}}}}\n{}{}{}{}{}",
+        labels(ns),
+        labels(svc),
         gw("a", "wp", "istio-waypoint", "service"),
         gw("a", "wl", "istio-waypoint", "workload"),
         gw("a", "all", "istio-waypoint", "all"),
@@ -337,76 +353,53 @@ fn binding_mesh(ns_labels: &str, svc_labels: &str) -> Mesh {
 
 #[test]
 fn waypoint_binding() {
-    const USE: &str = "istio.io/use-waypoint";
-    const USE_NS: &str = "istio.io/use-waypoint-namespace";
-    let cases: Vec<(&str, String, String, Option<(&str, &str)>)> = vec![
-        ("none anywhere", String::new(), String::new(), None),
-        (
-            "service label",
-            String::new(),
-            format!("{USE}: wp"),
-            Some(("a", "wp")),
-        ),
-        (
-            "namespace label",
-            format!("{USE}: wp"),
-            String::new(),
-            Some(("a", "wp")),
-        ),
+    const NONE: UseWaypoint = (None, None);
+    let cases: [(&str, UseWaypoint, UseWaypoint, Option<&str>); 11] = [
+        ("none anywhere", NONE, NONE, None),
+        ("service label", NONE, (Some("wp"), None), Some("a/wp")),
+        ("namespace label", (Some("wp"), None), NONE, Some("a/wp")),
         (
             "service overrides namespace",
-            format!("{USE}: wp"),
-            format!("{USE}: all"),
-            Some(("a", "all")),
+            (Some("wp"), None),
+            (Some("all"), None),
+            Some("a/all"),
         ),
         (
             "service opts out",
-            format!("{USE}: wp"),
-            format!("{USE}: none"),
+            (Some("wp"), None),
+            (Some("none"), None),
             None,
         ),
         (
             "other namespace",
-            String::new(),
-            format!("{USE}: wp, {USE_NS}: b"),
-            Some(("b", "wp")),
+            NONE,
+            (Some("wp"), Some("b")),
+            Some("b/wp"),
         ),
         (
-            "namespace label, waypoint namespace from it",
-            format!("{USE}: wp, {USE_NS}: b"),
-            String::new(),
-            Some(("b", "wp")),
+            "namespace label's namespace",
+            (Some("wp"), Some("b")),
+            NONE,
+            Some("b/wp"),
         ),
         (
-            "namespace's waypoint-namespace not used for the service's label",
-            format!("{USE_NS}: b"),
-            format!("{USE}: wp"),
-            Some(("a", "wp")),
+            "namespace from the same object",
+            (None, Some("b")),
+            (Some("wp"), None),
+            Some("a/wp"),
         ),
-        (
-            "for workloads only",
-            String::new(),
-            format!("{USE}: wl"),
-            None,
-        ),
-        (
-            "missing gateway",
-            String::new(),
-            format!("{USE}: nope"),
-            None,
-        ),
-        (
-            "not a waypoint class",
-            String::new(),
-            format!("{USE}: other"),
-            None,
-        ),
+        ("for workloads only", NONE, (Some("wl"), None), None),
+        ("missing gateway", NONE, (Some("nope"), None), None),
+        ("not a waypoint class", NONE, (Some("other"), None), None),
     ];
-    for (what, ns_labels, svc_labels, want) in cases {
-        let m = binding_mesh(&ns_labels, &svc_labels);
-        let want = want.map(|(ns, name)| GatewayRef {
-            namespace: ns.into(),
-            name: name.into(),
+    for (what, ns, svc, want) in cases {
+        let m = binding_mesh(ns, svc);
+        let want = want.map(|w| {
+            let (namespace, name) = w.split_once('/').unwrap();
+            GatewayRef {
+                namespace: namespace.into(),
+                name: name.into(),
+            }
         });
         let got = m.service("a", "s").unwrap().waypoint.clone();
         assert_eq!(got, want, "{what}");
@@ -414,7 +407,7 @@ fn waypoint_binding() {
             assert_eq!(m.services_of_waypoint(r).len(), 1, "{what}");
         }
     }
-    let m = binding_mesh("", "");
+    let m = binding_mesh(NONE, NONE);
     let mut wps: Vec<_> = m
         .waypoints
         .iter()

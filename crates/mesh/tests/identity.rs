@@ -21,9 +21,15 @@ fn id(ns: &str, sa: &str) -> Identity {
 #[test]
 fn identity_parse_table() {
     let valid = [
-        ("spiffe://cluster.local/ns/default/sa/bookinfo", Identity::new("cluster.local", "default", "bookinfo")),
+        (
+            "spiffe://cluster.local/ns/default/sa/bookinfo",
+            Identity::new("cluster.local", "default", "bookinfo"),
+        ),
         ("spiffe://td/ns/a/sa/b", Identity::new("td", "a", "b")),
-        ("spiffe://my-td_1.example/ns/kube-system/sa/my.sa_name-1", Identity::new("my-td_1.example", "kube-system", "my.sa_name-1")),
+        (
+            "spiffe://my-td_1.example/ns/kube-system/sa/my.sa_name-1",
+            Identity::new("my-td_1.example", "kube-system", "my.sa_name-1"),
+        ),
     ];
     for (s, want) in valid {
         let got: Identity = s.parse().unwrap_or_else(|e| panic!("{s}: {e}"));
@@ -56,7 +62,10 @@ fn identity_parse_table() {
         " spiffe://cluster.local/ns/default/sa/x",
     ];
     for s in invalid {
-        assert!(matches!(s.parse::<Identity>(), Err(IdentityError::BadSpiffe(_))), "{s:?} should not parse");
+        assert!(
+            matches!(s.parse::<Identity>(), Err(IdentityError::BadSpiffe(_))),
+            "{s:?} should not parse"
+        );
     }
 }
 
@@ -76,7 +85,8 @@ fn pem_mismatch_and_missing_san_are_rejected() {
     let ca = DevCa::generate(TD).unwrap();
     let (cert_a, _key_a) = ca.issue(&id("a", "a"), 1).unwrap();
     let (_cert_b, key_b) = ca.issue(&id("b", "b"), 1).unwrap();
-    let err = Certs::from_pem(cert_a.as_bytes(), key_b.as_bytes(), ca.ca_pem().as_bytes()).unwrap_err();
+    let err =
+        Certs::from_pem(cert_a.as_bytes(), key_b.as_bytes(), ca.ca_pem().as_bytes()).unwrap_err();
     assert!(matches!(err, IdentityError::Pem { .. }), "{err}");
 
     let err = Certs::from_pem(b"", key_b.as_bytes(), ca.ca_pem().as_bytes()).unwrap_err();
@@ -88,8 +98,12 @@ fn pem_mismatch_and_missing_san_are_rejected() {
         .unwrap()
         .self_signed(&key)
         .unwrap();
-    let err = Certs::from_pem(dns_only.pem().as_bytes(), key.serialize_pem().as_bytes(), ca.ca_pem().as_bytes())
-        .unwrap_err();
+    let err = Certs::from_pem(
+        dns_only.pem().as_bytes(),
+        key.serialize_pem().as_bytes(),
+        ca.ca_pem().as_bytes(),
+    )
+    .unwrap_err();
     assert!(matches!(err, IdentityError::NoSpiffeSan), "{err}");
 }
 
@@ -124,22 +138,34 @@ fn devca_files_round_trip() {
 type Seen = (Identity, Vec<u8>);
 
 /// One TLS connection over loopback; `Ok` only if both sides completed the handshake and exchanged a byte.
-async fn handshake(server: &CertStore, client: &CertStore, expected: &[Identity]) -> Result<Seen, String> {
+async fn handshake(
+    server: &CertStore,
+    client: &CertStore,
+    expected: &[Identity],
+) -> Result<Seen, String> {
     handshake_with(server, client.client_config(expected)).await
 }
 
-async fn handshake_with(server: &CertStore, client_config: Arc<rustls::ClientConfig>) -> Result<Seen, String> {
+async fn handshake_with(
+    server: &CertStore,
+    client_config: Arc<rustls::ClientConfig>,
+) -> Result<Seen, String> {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(server.server_config());
     let server_side = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
-        let mut tls = acceptor.accept(tcp).await.map_err(|e| format!("server: {e}"))?;
+        let mut tls = acceptor
+            .accept(tcp)
+            .await
+            .map_err(|e| format!("server: {e}"))?;
         let (_, session) = tls.get_ref();
         assert_eq!(session.alpn_protocol(), Some(&b"h2"[..]));
         assert!(session.server_name().is_none(), "no SNI is sent");
         let peer = peer_identity(session.peer_certificates().unwrap()).unwrap();
-        tls.write_all(b"k").await.map_err(|e| format!("server write: {e}"))?;
+        tls.write_all(b"k")
+            .await
+            .map_err(|e| format!("server write: {e}"))?;
         tls.flush().await.unwrap();
         Ok::<_, String>(peer)
     });
@@ -147,10 +173,15 @@ async fn handshake_with(server: &CertStore, client_config: Arc<rustls::ClientCon
         let tcp = TcpStream::connect(addr).await.unwrap();
         let connector = tokio_rustls::TlsConnector::from(client_config);
         let name = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
-        let mut tls = connector.connect(name, tcp).await.map_err(|e| format!("client: {e}"))?;
+        let mut tls = connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("client: {e}"))?;
         let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
         let mut byte = [0u8; 1];
-        tls.read_exact(&mut byte).await.map_err(|e| format!("client read: {e}"))?;
+        tls.read_exact(&mut byte)
+            .await
+            .map_err(|e| format!("client read: {e}"))?;
         Ok::<_, String>(leaf)
     };
     let run = async {
@@ -161,7 +192,9 @@ async fn handshake_with(server: &CertStore, client_config: Arc<rustls::ClientCon
             (server, client) => Err(format!("{:?} | {:?}", server.err(), client.err())),
         }
     };
-    tokio::time::timeout(PATIENCE, run).await.expect("handshake hung")
+    tokio::time::timeout(PATIENCE, run)
+        .await
+        .expect("handshake hung")
 }
 
 #[tokio::test]
@@ -170,7 +203,9 @@ async fn tls_same_ca_connects() {
     let server_id = id("istio-system", "waypoint");
     let server = CertStore::new(ca.certs_for(&server_id).unwrap());
     let client = CertStore::new(ca.certs_for(&id("default", "client")).unwrap());
-    let (seen_client, _) = handshake(&server, &client, &[id("x", "y"), server_id]).await.unwrap();
+    let (seen_client, _) = handshake(&server, &client, &[id("x", "y"), server_id])
+        .await
+        .unwrap();
     assert_eq!(seen_client, id("default", "client"));
 }
 
@@ -182,7 +217,9 @@ async fn tls_client_from_another_ca_is_rejected() {
     let server = CertStore::new(ca.certs_for(&server_id).unwrap());
     // The client trusts the server's CA but presents a certificate from another one.
     let (cert, key) = other_ca.issue(&id("default", "client"), 1).unwrap();
-    let client = CertStore::new(Certs::from_pem(cert.as_bytes(), key.as_bytes(), ca.ca_pem().as_bytes()).unwrap());
+    let client = CertStore::new(
+        Certs::from_pem(cert.as_bytes(), key.as_bytes(), ca.ca_pem().as_bytes()).unwrap(),
+    );
     let err = handshake(&server, &client, &[server_id]).await.unwrap_err();
     assert!(err.contains("server: invalid peer certificate"), "{err}");
 }
@@ -192,9 +229,15 @@ async fn tls_client_from_another_trust_domain_is_rejected() {
     let ca = DevCa::generate(TD).unwrap();
     let server_id = id("istio-system", "waypoint");
     let server = CertStore::new(ca.certs_for(&server_id).unwrap());
-    let client = CertStore::new(ca.certs_for(&Identity::new("evil.local", "default", "client")).unwrap());
+    let client = CertStore::new(
+        ca.certs_for(&Identity::new("evil.local", "default", "client"))
+            .unwrap(),
+    );
     let err = handshake(&server, &client, &[server_id]).await.unwrap_err();
-    assert!(err.contains("server: ") && err.contains("is not in trust domain cluster.local"), "{err}");
+    assert!(
+        err.contains("server: ") && err.contains("is not in trust domain cluster.local"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -202,8 +245,13 @@ async fn tls_unexpected_server_identity_is_rejected() {
     let ca = DevCa::generate(TD).unwrap();
     let server = CertStore::new(ca.certs_for(&id("istio-system", "impostor")).unwrap());
     let client = CertStore::new(ca.certs_for(&id("default", "client")).unwrap());
-    let err = handshake(&server, &client, &[id("istio-system", "waypoint")]).await.unwrap_err();
-    assert!(err.contains("client: ") && err.contains("is not one of the expected"), "{err}");
+    let err = handshake(&server, &client, &[id("istio-system", "waypoint")])
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("client: ") && err.contains("is not one of the expected"),
+        "{err}"
+    );
 
     // Nor does a server from another CA pass, whatever identity it claims.
     let other_ca = DevCa::generate(TD).unwrap();
@@ -244,13 +292,19 @@ async fn rotation_new_handshakes_present_the_new_cert() {
     let (_, before) = handshake(&server, &client, &expected).await.unwrap();
     assert_eq!(before, server.current().chain[0].to_vec());
     let cached = client.client_config(&expected);
-    assert!(Arc::ptr_eq(&cached, &client.client_config(&expected)), "client configs are cached");
+    assert!(
+        Arc::ptr_eq(&cached, &client.client_config(&expected)),
+        "client configs are cached"
+    );
 
     let config_before = server.server_config();
     server.replace(ca.certs_for(&server_id).unwrap());
     client.replace(ca.certs_for(&id("default", "client")).unwrap());
     assert!(!Arc::ptr_eq(&config_before, &server.server_config()));
-    assert!(!Arc::ptr_eq(&cached, &client.client_config(&expected)), "rotation clears the cache");
+    assert!(
+        !Arc::ptr_eq(&cached, &client.client_config(&expected)),
+        "rotation clears the cache"
+    );
 
     let (seen_client, after) = handshake(&server, &client, &expected).await.unwrap();
     assert_ne!(before, after);
@@ -274,7 +328,10 @@ fn client_config_cache_ignores_order_and_duplicates() {
 async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -294,7 +351,10 @@ async fn watch_rereads_rotated_files_and_keeps_old_certs_on_bad_ones() {
     std::fs::write(&paths.cert, b"not a certificate").unwrap();
     // ... and a good one afterwards is picked up.
     ca.write_workload(dir.path(), &me).unwrap();
-    eventually("the rotated certificate", || store.current().chain[0] != first).await;
+    eventually("the rotated certificate", || {
+        store.current().chain[0] != first
+    })
+    .await;
     let second = store.current().chain[0].clone();
     assert_eq!(store.identity(), me);
 

@@ -28,7 +28,10 @@ pub const ZTUNNEL_PORTS: [u16; 7] = [15000, 15001, 15006, 15008, 15020, 15021, 1
 pub enum Destination {
     Addr(SocketAddr),
     /// A SOCKS5 domain name (a Service hostname) and port.
-    Host { name: String, port: u16 },
+    Host {
+        name: String,
+        port: u16,
+    },
 }
 
 impl std::fmt::Display for Destination {
@@ -117,7 +120,10 @@ pub fn plan_outbound(
         return plan_service(view, req, addr, svc, port);
     }
     if let Some(svc) = service {
-        return Err(PlanError::NoServicePort { service: svc.hostname(), port: addr.port() });
+        return Err(PlanError::NoServicePort {
+            service: svc.hostname(),
+            port: addr.port(),
+        });
     }
     match mesh.workload_by_ip(addr.ip()) {
         Some(w) if w.ambient => Ok(OutboundPlan {
@@ -130,12 +136,19 @@ pub fn plan_outbound(
             },
             service: None,
         }),
-        _ => Ok(OutboundPlan { kind: OutboundKind::Passthrough, upstream: Upstream::Tcp(addr), service: None }),
+        _ => Ok(OutboundPlan {
+            kind: OutboundKind::Passthrough,
+            upstream: Upstream::Tcp(addr),
+            service: None,
+        }),
     }
 }
 
 /// Stage 1: a hostname becomes its Service's VIP and the requested port.
-fn resolve<'v>(view: &'v NodeView, dest: &Destination) -> Result<(SocketAddr, Option<&'v Service>), PlanError> {
+fn resolve<'v>(
+    view: &'v NodeView,
+    dest: &Destination,
+) -> Result<(SocketAddr, Option<&'v Service>), PlanError> {
     match dest {
         Destination::Addr(a) => Ok((*a, None)),
         Destination::Host { name, port } => {
@@ -157,7 +170,9 @@ fn resolve<'v>(view: &'v NodeView, dest: &Destination) -> Result<(SocketAddr, Op
 fn guard_self_call(own: &[SocketAddr], dest: SocketAddr) -> Result<(), PlanError> {
     let ours = own.iter().any(|l| {
         l.port() == dest.port()
-            && (l.ip() == dest.ip() || (l.ip().is_unspecified() && (dest.ip().is_loopback() || dest.ip().is_unspecified())))
+            && (l.ip() == dest.ip()
+                || (l.ip().is_unspecified()
+                    && (dest.ip().is_loopback() || dest.ip().is_unspecified())))
     });
     let well_known = dest.ip().is_loopback() && ZTUNNEL_PORTS.contains(&dest.port());
     if ours || well_known || dest.ip().is_unspecified() {
@@ -185,14 +200,22 @@ fn plan_service(
         if !source_is_waypoint {
             return Ok(OutboundPlan {
                 kind: OutboundKind::Waypoint,
-                upstream: Upstream::Hbone { hbone_addr: wp_addr, authority: vip, expected: wp_id, headers },
+                upstream: Upstream::Hbone {
+                    hbone_addr: wp_addr,
+                    authority: vip,
+                    expected: wp_id,
+                    headers,
+                },
                 service: Some(host),
             });
         }
     }
     let endpoints = mesh.endpoints(svc, port.port);
     if endpoints.is_empty() {
-        return Err(PlanError::NoEndpoints { service: host, port: port.port });
+        return Err(PlanError::NoEndpoints {
+            service: host,
+            port: port.port,
+        });
     }
     let ep = &endpoints[req.pick % endpoints.len()];
     let upstream = match ep.workload.as_ref().filter(|w| w.ambient) {
@@ -208,13 +231,21 @@ fn plan_service(
         Upstream::Hbone { .. } => OutboundKind::DirectHbone,
         Upstream::Tcp(_) => OutboundKind::Passthrough,
     };
-    Ok(OutboundPlan { kind, upstream, service: Some(host) })
+    Ok(OutboundPlan {
+        kind,
+        upstream,
+        service: Some(host),
+    })
 }
 
 /// The CONNECT headers a ztunnel sends: `forwarded: for="<client>"[;host=<service hostname>]` and `baggage`
 /// describing the source workload (`k8s.namespace.name`, `k8s.pod.name`, `service.name`/`service.version` from
 /// the `app`/`version` labels when present).
-pub fn connect_headers(source: &Workload, client: SocketAddr, service_host: Option<&str>) -> HeaderMap {
+pub fn connect_headers(
+    source: &Workload,
+    client: SocketAddr,
+    service_host: Option<&str>,
+) -> HeaderMap {
     let mut headers = HeaderMap::new();
     let mut forwarded = format!("for=\"{client}\"");
     if let Some(host) = service_host {
@@ -234,6 +265,11 @@ pub fn connect_headers(source: &Workload, client: SocketAddr, service_host: Opti
     }
     insert(&mut headers, "baggage", baggage.join(","));
     headers
+}
+
+/// A W3C `traceparent` for a new trace: version 00, the given (non-zero) ids, flags 00 (not sampled).
+pub fn traceparent(trace_id: u128, span_id: u64) -> String {
+    format!("00-{trace_id:032x}-{span_id:016x}-00")
 }
 
 /// Inserts a header, skipping a value that is not valid header text (label values are free-form).
@@ -260,27 +296,56 @@ mod tests {
     }
 
     fn host(name: &str, port: u16) -> Destination {
-        Destination::Host { name: name.into(), port }
+        Destination::Host {
+            name: name.into(),
+            port,
+        }
     }
 
     /// Plans from `source` (by name) with the node-a view, own listener 127.0.0.1:15080.
     fn plan(source: &str, dest: Destination) -> Result<OutboundPlan, PlanError> {
         let view = testdata::view("node-a");
-        let src = view.mesh().workloads.iter().find(|w| w.name == source).unwrap().clone();
+        let src = view
+            .mesh()
+            .workloads
+            .iter()
+            .find(|w| w.name == source)
+            .unwrap()
+            .clone();
         let own = [sa("127.0.0.1", 15080), sa("0.0.0.0", 15001)];
-        let req = OutboundRequest { source: &src, client: sa("10.0.0.2", 40000), dest: &dest, pick: 0 };
+        let req = OutboundRequest {
+            source: &src,
+            client: sa("10.0.0.2", 40000),
+            dest: &dest,
+            pick: 0,
+        };
         plan_outbound(&view, &own, &req)
     }
 
     /// (kind, hbone addr or tcp addr, authority, expected identity, service)
-    type Row = (OutboundKind, SocketAddr, Option<SocketAddr>, Option<Identity>, Option<String>);
+    type Row = (
+        OutboundKind,
+        SocketAddr,
+        Option<SocketAddr>,
+        Option<Identity>,
+        Option<String>,
+    );
 
     fn summary(p: &OutboundPlan) -> Row {
         let service = p.service.clone();
         match &p.upstream {
-            Upstream::Hbone { hbone_addr, authority, expected, .. } => {
-                (p.kind, *hbone_addr, Some(*authority), Some(expected.clone()), service)
-            }
+            Upstream::Hbone {
+                hbone_addr,
+                authority,
+                expected,
+                ..
+            } => (
+                p.kind,
+                *hbone_addr,
+                Some(*authority),
+                Some(expected.clone()),
+                service,
+            ),
             Upstream::Tcp(a) => (p.kind, *a, None, None, service),
         }
     }
@@ -298,49 +363,97 @@ mod tests {
                 "service with waypoint, by VIP",
                 "client",
                 Destination::Addr(sa("10.96.0.10", 80)),
-                (Waypoint, sa("10.0.9.9", 15008), Some(sa("10.96.0.10", 80)), wp.clone(), echo.clone()),
+                (
+                    Waypoint,
+                    sa("10.0.9.9", 15008),
+                    Some(sa("10.96.0.10", 80)),
+                    wp.clone(),
+                    echo.clone(),
+                ),
             ),
             (
                 "service with waypoint, by hostname",
                 "client",
                 host("echo.demo.svc.cluster.local", 80),
-                (Waypoint, sa("10.0.9.9", 15008), Some(sa("10.96.0.10", 80)), wp.clone(), echo.clone()),
+                (
+                    Waypoint,
+                    sa("10.0.9.9", 15008),
+                    Some(sa("10.96.0.10", 80)),
+                    wp.clone(),
+                    echo.clone(),
+                ),
             ),
             (
                 "short hostname",
                 "client",
                 host("echo.demo", 80),
-                (Waypoint, sa("10.0.9.9", 15008), Some(sa("10.96.0.10", 80)), wp.clone(), echo.clone()),
+                (
+                    Waypoint,
+                    sa("10.0.9.9", 15008),
+                    Some(sa("10.96.0.10", 80)),
+                    wp.clone(),
+                    echo.clone(),
+                ),
             ),
             (
                 "the waypoint itself goes to the endpoint (named targetPort resolved)",
                 "wp-pod",
                 Destination::Addr(sa("10.96.0.10", 80)),
-                (DirectHbone, sa("10.0.1.3", 15008), Some(sa("10.0.1.3", 8080)), app.clone(), echo.clone()),
+                (
+                    DirectHbone,
+                    sa("10.0.1.3", 15008),
+                    Some(sa("10.0.1.3", 8080)),
+                    app.clone(),
+                    echo.clone(),
+                ),
             ),
             (
                 "service without waypoint: direct HBONE to the endpoint",
                 "client",
                 Destination::Addr(sa("10.96.0.11", 80)),
-                (DirectHbone, sa("10.0.1.3", 15008), Some(sa("10.0.1.3", 8080)), app.clone(), plain),
+                (
+                    DirectHbone,
+                    sa("10.0.1.3", 15008),
+                    Some(sa("10.0.1.3", 8080)),
+                    app.clone(),
+                    plain,
+                ),
             ),
             (
                 "waypoint without an address: endpoint",
                 "client",
                 Destination::Addr(sa("10.96.0.13", 80)),
-                (DirectHbone, sa("10.0.1.3", 15008), Some(sa("10.0.1.3", 8080)), app.clone(), svc("lost.demo.svc.cluster.local")),
+                (
+                    DirectHbone,
+                    sa("10.0.1.3", 15008),
+                    Some(sa("10.0.1.3", 8080)),
+                    app.clone(),
+                    svc("lost.demo.svc.cluster.local"),
+                ),
             ),
             (
                 "ambient pod IP: direct HBONE, authority as dialled",
                 "client",
                 Destination::Addr(sa("10.0.1.3", 9999)),
-                (DirectHbone, sa("10.0.1.3", 15008), Some(sa("10.0.1.3", 9999)), app.clone(), None),
+                (
+                    DirectHbone,
+                    sa("10.0.1.3", 15008),
+                    Some(sa("10.0.1.3", 9999)),
+                    app.clone(),
+                    None,
+                ),
             ),
             (
                 "non-ambient service endpoint: plain TCP",
                 "client",
                 Destination::Addr(sa("10.96.0.12", 5432)),
-                (Passthrough, sa("10.0.2.4", 5432), None, None, svc("db.legacy.svc.cluster.local")),
+                (
+                    Passthrough,
+                    sa("10.0.2.4", 5432),
+                    None,
+                    None,
+                    svc("db.legacy.svc.cluster.local"),
+                ),
             ),
             (
                 "non-ambient pod IP: passthrough",
@@ -370,19 +483,41 @@ mod tests {
     #[test]
     fn refusals_table() {
         let cases: Vec<(&str, Destination, PlanError)> = vec![
-            ("own SOCKS listener", Destination::Addr(sa("127.0.0.1", 15080)), PlanError::SelfCall(sa("127.0.0.1", 15080))),
-            ("wildcard listener via loopback", Destination::Addr(sa("127.0.0.2", 15001)), PlanError::SelfCall(sa("127.0.0.2", 15001))),
-            ("loopback HBONE port", Destination::Addr(sa("127.0.0.1", 15008)), PlanError::SelfCall(sa("127.0.0.1", 15008))),
-            ("unknown hostname", host("nope.demo.svc.cluster.local", 80), PlanError::UnknownHost("nope.demo.svc.cluster.local".into())),
+            (
+                "own SOCKS listener",
+                Destination::Addr(sa("127.0.0.1", 15080)),
+                PlanError::SelfCall(sa("127.0.0.1", 15080)),
+            ),
+            (
+                "wildcard listener via loopback",
+                Destination::Addr(sa("127.0.0.2", 15001)),
+                PlanError::SelfCall(sa("127.0.0.2", 15001)),
+            ),
+            (
+                "loopback HBONE port",
+                Destination::Addr(sa("127.0.0.1", 15008)),
+                PlanError::SelfCall(sa("127.0.0.1", 15008)),
+            ),
+            (
+                "unknown hostname",
+                host("nope.demo.svc.cluster.local", 80),
+                PlanError::UnknownHost("nope.demo.svc.cluster.local".into()),
+            ),
             (
                 "service port not exposed",
                 host("echo.demo.svc.cluster.local", 81),
-                PlanError::NoServicePort { service: "echo.demo.svc.cluster.local".into(), port: 81 },
+                PlanError::NoServicePort {
+                    service: "echo.demo.svc.cluster.local".into(),
+                    port: 81,
+                },
             ),
             (
                 "no endpoints",
                 Destination::Addr(sa("10.96.0.14", 80)),
-                PlanError::NoEndpoints { service: "empty.demo.svc.cluster.local".into(), port: 80 },
+                PlanError::NoEndpoints {
+                    service: "empty.demo.svc.cluster.local".into(),
+                    port: 80,
+                },
             ),
         ];
         for (name, dest, want) in cases {
@@ -393,21 +528,41 @@ mod tests {
     #[test]
     fn headers_name_client_service_and_source() {
         let p = plan("client", Destination::Addr(sa("10.96.0.10", 80))).unwrap();
-        let Upstream::Hbone { headers, .. } = &p.upstream else { panic!("{p:?}") };
-        assert_eq!(headers["forwarded"], "for=\"10.0.0.2:40000\";host=echo.demo.svc.cluster.local");
+        let Upstream::Hbone { headers, .. } = &p.upstream else {
+            panic!("{p:?}")
+        };
+        assert_eq!(
+            headers["forwarded"],
+            "for=\"10.0.0.2:40000\";host=echo.demo.svc.cluster.local"
+        );
         assert_eq!(
             headers["baggage"],
             "k8s.namespace.name=demo,k8s.pod.name=client,service.name=client,service.version=v1"
         );
         let p = plan("client", Destination::Addr(sa("10.0.1.3", 8080))).unwrap();
-        let Upstream::Hbone { headers, .. } = &p.upstream else { panic!("{p:?}") };
+        let Upstream::Hbone { headers, .. } = &p.upstream else {
+            panic!("{p:?}")
+        };
         assert_eq!(headers["forwarded"], "for=\"10.0.0.2:40000\"");
+    }
+
+    #[test]
+    fn traceparent_is_w3c_shaped() {
+        assert_eq!(
+            traceparent(0xabc, 0x12),
+            "00-00000000000000000000000000000abc-0000000000000012-00"
+        );
     }
 
     #[test]
     fn ipv6_client_is_bracketed() {
         let view = testdata::view("node-a");
-        let src = view.mesh().workloads.iter().find(|w| w.name == "client").unwrap();
+        let src = view
+            .mesh()
+            .workloads
+            .iter()
+            .find(|w| w.name == "client")
+            .unwrap();
         let h = connect_headers(src, "[fd00::1]:5000".parse().unwrap(), None);
         assert_eq!(h["forwarded"], "for=\"[fd00::1]:5000\"");
     }

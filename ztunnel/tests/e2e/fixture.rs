@@ -36,7 +36,10 @@ pub struct Net {
 
 impl Net {
     pub fn random() -> Net {
-        Net { a: fastrand::u8(16..=250), b: fastrand::u8(1..=254) }
+        Net {
+            a: fastrand::u8(16..=250),
+            b: fastrand::u8(1..=254),
+        }
     }
     pub fn ip(&self, last: u8) -> IpAddr {
         IpAddr::V4(Ipv4Addr::new(127, self.a, self.b, last))
@@ -48,7 +51,11 @@ impl Net {
 
 /// A port that was free on `ip` a moment ago.
 pub fn probe_port(ip: IpAddr) -> u16 {
-    std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A tiny TCP echo server: each connection's bytes come back; EOF is echoed as a half-close.
@@ -153,13 +160,25 @@ impl Cluster {
         let manifests = dir.path().join("manifests");
         let certs = dir.path().join("certs");
         std::fs::create_dir_all(&manifests)?;
-        std::fs::write(manifests.join("cluster.yaml"), self::manifests(net, hbone_port, app.port()))?;
+        std::fs::write(
+            manifests.join("cluster.yaml"),
+            self::manifests(net, hbone_port, app.port()),
+        )?;
         let ca = DevCa::generate(TD).unwrap();
         ca.write_ca(&certs).unwrap();
         for sa in ["client", "app", "other", "waypoint"] {
             ca.write_workload(&certs, &id(sa)).unwrap();
         }
-        Ok(Cluster { net, hbone_port, app, ca, manifests, certs, _dir: dir, _app: app_task })
+        Ok(Cluster {
+            net,
+            hbone_port,
+            app,
+            ca,
+            manifests,
+            certs,
+            _dir: dir,
+            _app: app_task,
+        })
     }
 
     /// A node config for `node`, with no SOCKS5 or redirect listener.
@@ -217,8 +236,10 @@ pub async fn cluster(tweak_a: impl Fn(&mut NodeConfig, &Cluster)) -> (Cluster, Z
 }
 
 pub fn addr_in_use(e: &anyhow::Error) -> bool {
-    e.chain()
-        .any(|c| c.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == io::ErrorKind::AddrInUse))
+    e.chain().any(|c| {
+        c.downcast_ref::<io::Error>()
+            .is_some_and(|e| e.kind() == io::ErrorKind::AddrInUse)
+    })
 }
 
 /// A SOCKS5 destination.
@@ -228,7 +249,11 @@ pub enum To<'a> {
 }
 
 /// Connects to `socks` from `from` (a pod IP) and sends CONNECT; returns the reply code and the stream.
-pub async fn socks_connect(from: IpAddr, socks: SocketAddr, to: To<'_>) -> io::Result<(u8, TcpStream)> {
+pub async fn socks_connect(
+    from: IpAddr,
+    socks: SocketAddr,
+    to: To<'_>,
+) -> io::Result<(u8, TcpStream)> {
     let sock = TcpSocket::new_v4()?;
     sock.bind(SocketAddr::new(from, 0))?;
     let mut s = sock.connect(socks).await?;
@@ -271,14 +296,19 @@ pub async fn round_trip<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, msg: &[u8]
         s.read_to_end(&mut out).await.unwrap();
         out
     };
-    tokio::time::timeout(PATIENCE, work).await.expect("round trip timed out")
+    tokio::time::timeout(PATIENCE, work)
+        .await
+        .expect("round trip timed out")
 }
 
 /// Polls `cond` until true, for at most [`PATIENCE`].
 pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

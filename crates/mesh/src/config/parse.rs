@@ -239,8 +239,13 @@ impl Parser {
             } else {
                 kind.to_string()
             };
-            tracing::warn!(file = %file.display(), document = n, kind, api_version, "skipping a kind not read");
-            *self.out.skipped.entry(key).or_default() += 1;
+            let count = self.out.skipped.entry(key).or_default();
+            *count += 1;
+            // Once per kind and load: a directory of many such objects should not flood the log.
+            if *count == 1 {
+                tracing::warn!(file = %file.display(), document = n, kind, api_version,
+                    "skipping a kind not read (further ones counted in Mesh::skipped)");
+            }
             return Ok(());
         };
         let meta = map.get("metadata");

@@ -142,7 +142,9 @@ pub(crate) struct StreamSlot(Arc<Slots>);
 impl Drop for StreamSlot {
     fn drop(&mut self) {
         // Stamp first, so the reaper never sees `live == 0` with a stale stamp.
-        self.0.idle_since_ms.store(self.0.now_ms(), Ordering::SeqCst);
+        self.0
+            .idle_since_ms
+            .store(self.0.now_ms(), Ordering::SeqCst);
         self.0.live.fetch_sub(1, Ordering::SeqCst);
     }
 }
@@ -206,22 +208,30 @@ impl Pool {
     }
 
     /// A connection with a free stream slot, dialling one when all are full.
-    async fn checkout(&self, key: &Key, source: &CertStore) -> Result<(Arc<Outer>, StreamSlot), HboneError> {
+    async fn checkout(
+        &self,
+        key: &Key,
+        source: &CertStore,
+    ) -> Result<(Arc<Outer>, StreamSlot), HboneError> {
         loop {
             let dialing = {
                 let mut state = self.inner.state.lock().unwrap();
-                let entry = state.entry(key.clone()).or_default();
-                if let Some(found) = entry
-                    .conns
-                    .iter()
-                    .find_map(|c| self.inner.try_reserve(c).map(|slot| (c.clone(), slot)))
-                {
+                let found = state.get(key).and_then(|entry| {
+                    entry
+                        .conns
+                        .iter()
+                        .find_map(|c| self.inner.try_reserve(c).map(|slot| (c.clone(), slot)))
+                });
+                if let Some(found) = found {
                     return Ok(found);
                 }
-                entry
+                state
+                    .entry(key.clone())
+                    .or_default()
                     .dialing
                     .get_or_insert_with(|| {
-                        let task = tokio::spawn(dial(self.inner.clone(), key.clone(), source.clone()));
+                        let task =
+                            tokio::spawn(dial(self.inner.clone(), key.clone(), source.clone()));
                         let addr = key.addr;
                         async move {
                             task.await.unwrap_or_else(|e| {
@@ -238,7 +248,9 @@ impl Pool {
             };
             let outer = dialing.await.map_err(|e| clone_error(&e))?;
             let state = self.inner.state.lock().unwrap();
-            let pooled = state.get(key).is_some_and(|e| e.conns.iter().any(|c| c.id == outer.id));
+            let pooled = state
+                .get(key)
+                .is_some_and(|e| e.conns.iter().any(|c| c.id == outer.id));
             if let Some(slot) = pooled.then(|| self.inner.try_reserve(&outer)).flatten() {
                 return Ok((outer, slot));
             }
@@ -246,7 +258,12 @@ impl Pool {
         }
     }
 
-    async fn open_stream(&self, outer: &Outer, slot: StreamSlot, dial: &Dial<'_>) -> Result<H2Stream, Failed> {
+    async fn open_stream(
+        &self,
+        outer: &Outer,
+        slot: StreamSlot,
+        dial: &Dial<'_>,
+    ) -> Result<H2Stream, Failed> {
         let addr = dial.hbone_addr;
         let h2_failed = |source: h2::Error, retry: bool| Failed {
             error: HboneError::H2 { addr, source },
@@ -259,11 +276,19 @@ impl Pool {
             .expect("ip:port is a valid authority");
         *req.headers_mut() = dial.headers.clone();
 
-        let mut send = outer.send.clone().ready().await.map_err(|e| h2_failed(e, true))?;
-        let (response, mut stream) = send.send_request(req, false).map_err(|e| h2_failed(e, true))?;
+        let mut send = outer
+            .send
+            .clone()
+            .ready()
+            .await
+            .map_err(|e| h2_failed(e, true))?;
+        let (response, mut stream) = send
+            .send_request(req, false)
+            .map_err(|e| h2_failed(e, true))?;
         self.inner.streams_opened.fetch_add(1, Ordering::Relaxed);
         let response = response.await.map_err(|e| {
-            let retry = e.reason() == Some(h2::Reason::REFUSED_STREAM) || (e.is_go_away() && e.is_remote());
+            let retry =
+                e.reason() == Some(h2::Reason::REFUSED_STREAM) || (e.is_go_away() && e.is_remote());
             h2_failed(e, retry)
         })?;
         if response.status() != StatusCode::OK {
@@ -285,7 +310,8 @@ impl Inner {
     /// Takes a stream slot on `outer` if it has one free. Call with the state lock held, so the idle reaper
     /// (which checks `live` under the same lock) never closes a connection that was just picked.
     fn try_reserve(&self, outer: &Arc<Outer>) -> Option<StreamSlot> {
-        let limit = (self.options.max_streams_per_connection as usize).min(outer.send.current_max_send_streams());
+        let limit = (self.options.max_streams_per_connection as usize)
+            .min(outer.send.current_max_send_streams());
         let live = outer.slots.live.load(Ordering::SeqCst);
         if live >= limit {
             return None;
@@ -302,7 +328,9 @@ impl Inner {
     }
 
     fn remove_locked(state: &mut HashMap<Key, Entry>, live: &AtomicU64, key: &Key, id: u64) {
-        let Some(entry) = state.get_mut(key) else { return };
+        let Some(entry) = state.get_mut(key) else {
+            return;
+        };
         let before = entry.conns.len();
         entry.conns.retain(|c| c.id != id);
         if entry.conns.len() != before {
@@ -320,7 +348,11 @@ impl Inner {
         if slots.live.load(Ordering::SeqCst) != 0 {
             return Err(Instant::now() + timeout);
         }
-        let idle_for = Duration::from_millis(slots.now_ms().saturating_sub(slots.idle_since_ms.load(Ordering::SeqCst)));
+        let idle_for = Duration::from_millis(
+            slots
+                .now_ms()
+                .saturating_sub(slots.idle_since_ms.load(Ordering::SeqCst)),
+        );
         if idle_for < timeout {
             return Err(Instant::now() + (timeout - idle_for));
         }
@@ -390,7 +422,10 @@ async fn establish(
     if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
         return Err(HboneError::Tls {
             addr,
-            source: io::Error::new(io::ErrorKind::InvalidData, "server did not negotiate ALPN h2"),
+            source: io::Error::new(
+                io::ErrorKind::InvalidData,
+                "server did not negotiate ALPN h2",
+            ),
         });
     }
     h2::client::Builder::new()

@@ -253,7 +253,11 @@ fn on_request<H: ConnectHandler>(
         reply(&mut send, StatusCode::METHOD_NOT_ALLOWED);
         return;
     }
-    let Some(authority) = req.uri().authority().and_then(|a| a.as_str().parse::<SocketAddr>().ok()) else {
+    let Some(authority) = req
+        .uri()
+        .authority()
+        .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
+    else {
         reply(&mut send, StatusCode::BAD_REQUEST);
         return;
     };

@@ -6,6 +6,7 @@
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -14,6 +15,8 @@ use super::pool::StreamSlot;
 
 /// Largest DATA payload queued by one `poll_write` (h2 splits it into frames of the peer's max frame size).
 const MAX_WRITE: usize = 1 << 20;
+/// How long a dropped client stream waits for the peer's END_STREAM (see [`H2Stream`]'s `Drop`).
+const LINGER: Duration = Duration::from_secs(10);
 
 /// One CONNECT stream's payload as a byte stream.
 ///
@@ -22,33 +25,50 @@ const MAX_WRITE: usize = 1 << 20;
 /// retry logic among them) see a connection reset. `poll_shutdown` sends END_STREAM; dropping an unfinished
 /// stream also sends END_STREAM (never RST_STREAM(CANCEL), which would discard queued DATA).
 pub struct H2Stream {
-    send: h2::SendStream<Bytes>,
-    recv: h2::RecvStream,
+    /// `None` only while dropping (handed to the linger task).
+    io: Option<Halves>,
     /// Received from the peer, not yet read by the caller (its flow-control capacity not yet released).
     pending: Bytes,
     recv_eof: bool,
     /// END_STREAM queued.
     send_closed: bool,
-    /// The pool's hold on one stream slot of the outer connection, released when this stream is dropped.
-    _slot: Option<StreamSlot>,
+    /// Client side: on drop, keep the stream open until the peer ends its side (see `Drop`).
+    linger: bool,
+    /// The pool's hold on one stream slot of the outer connection, released when the stream is done.
+    slot: Option<StreamSlot>,
+}
+
+struct Halves {
+    send: h2::SendStream<Bytes>,
+    recv: h2::RecvStream,
 }
 
 impl H2Stream {
     pub fn new(send: h2::SendStream<Bytes>, recv: h2::RecvStream) -> Self {
         H2Stream {
-            send,
-            recv,
+            io: Some(Halves { send, recv }),
             pending: Bytes::new(),
             recv_eof: false,
             send_closed: false,
-            _slot: None,
+            linger: false,
+            slot: None,
         }
     }
 
-    pub(super) fn pooled(send: h2::SendStream<Bytes>, recv: h2::RecvStream, slot: StreamSlot) -> Self {
+    /// A client stream opened by the pool.
+    pub(super) fn pooled(
+        send: h2::SendStream<Bytes>,
+        recv: h2::RecvStream,
+        slot: StreamSlot,
+    ) -> Self {
         let mut stream = Self::new(send, recv);
-        stream._slot = Some(slot);
+        stream.linger = true;
+        stream.slot = Some(slot);
         stream
+    }
+
+    fn io(&mut self) -> &mut Halves {
+        self.io.as_mut().expect("taken only by drop")
     }
 
     /// Copies from `pending` into `buf` and gives the peer that much window back.
@@ -57,7 +77,7 @@ impl H2Stream {
         buf.put_slice(&self.pending[..n]);
         self.pending.advance(n);
         // Only fails if the stream is already gone; the next poll_data reports that.
-        let _ = self.recv.flow_control().release_capacity(n);
+        let _ = self.io().recv.flow_control().release_capacity(n);
     }
 }
 
@@ -70,7 +90,11 @@ pub(crate) fn reset(e: Option<h2::Error>) -> io::Error {
 }
 
 impl AsyncRead for H2Stream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
@@ -83,7 +107,7 @@ impl AsyncRead for H2Stream {
             if this.recv_eof {
                 return Poll::Ready(Ok(()));
             }
-            match ready!(this.recv.poll_data(cx)) {
+            match ready!(this.io().recv.poll_data(cx)) {
                 Some(Ok(data)) => this.pending = data,
                 Some(Err(e)) => return Poll::Ready(Err(reset(Some(e)))),
                 None => this.recv_eof = true,
@@ -93,7 +117,11 @@ impl AsyncRead for H2Stream {
 }
 
 impl AsyncWrite for H2Stream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
@@ -105,18 +133,18 @@ impl AsyncWrite for H2Stream {
             )));
         }
         let want = buf.len().min(MAX_WRITE);
-        this.send.reserve_capacity(want);
-        let mut capacity = this.send.capacity();
+        let send = &mut this.io().send;
+        send.reserve_capacity(want);
+        let mut capacity = send.capacity();
         while capacity == 0 {
-            capacity = match ready!(this.send.poll_capacity(cx)) {
+            capacity = match ready!(send.poll_capacity(cx)) {
                 Some(Ok(n)) => n,
                 Some(Err(e)) => return Poll::Ready(Err(reset(Some(e)))),
                 None => return Poll::Ready(Err(reset(None))),
             };
         }
         let n = capacity.min(want);
-        this.send
-            .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+        send.send_data(Bytes::copy_from_slice(&buf[..n]), false)
             .map_err(|e| reset(Some(e)))?;
         Poll::Ready(Ok(n))
     }
@@ -130,9 +158,9 @@ impl AsyncWrite for H2Stream {
         let this = self.get_mut();
         if !this.send_closed {
             this.send_closed = true;
-            this.send.reserve_capacity(0);
-            this.send
-                .send_data(Bytes::new(), true)
+            let send = &mut this.io().send;
+            send.reserve_capacity(0);
+            send.send_data(Bytes::new(), true)
                 .map_err(|e| reset(Some(e)))?;
         }
         Poll::Ready(Ok(()))
@@ -141,22 +169,40 @@ impl AsyncWrite for H2Stream {
 
 impl Drop for H2Stream {
     fn drop(&mut self) {
+        let Some(mut io) = self.io.take() else { return };
         // Give back the window of data received but never read, so the connection window does not shrink.
         if !self.pending.is_empty() {
-            let _ = self.recv.flow_control().release_capacity(self.pending.len());
+            let _ = io.recv.flow_control().release_capacity(self.pending.len());
         }
         if !self.send_closed {
-            // END_STREAM after whatever is still queued; dropping the handles alone would make h2 reset the
-            // stream. Fails only when the stream is already reset or closed.
-            let _ = self.send.send_data(Bytes::new(), true);
+            // END_STREAM after whatever is still queued. Fails only when the stream is already reset or closed.
+            let _ = io.send.send_data(Bytes::new(), true);
+        }
+        // Dropping the handles of a stream the peer has not ended makes h2 reset it: RST_STREAM(NO_ERROR) on a
+        // server, which still flushes our queued DATA, but RST_STREAM(CANCEL) on a client, which discards it.
+        // So a client stream stays open (its incoming DATA discarded) until the peer's END_STREAM, or LINGER.
+        if self.linger && !self.recv_eof && !io.recv.is_end_stream() {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(linger(io, self.slot.take()));
+            }
         }
     }
+}
+
+async fn linger(mut io: Halves, slot: Option<StreamSlot>) {
+    let drain = async {
+        while let Some(Ok(data)) = io.recv.data().await {
+            let _ = io.recv.flow_control().release_capacity(data.len());
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+    drop((io, slot));
 }
 
 impl std::fmt::Debug for H2Stream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("H2Stream")
-            .field("stream_id", &self.send.stream_id())
+            .field("stream_id", &self.io.as_ref().map(|io| io.send.stream_id()))
             .field("recv_eof", &self.recv_eof)
             .field("send_closed", &self.send_closed)
             .finish()

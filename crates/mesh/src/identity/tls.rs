@@ -8,7 +8,9 @@ use rustls::client::Resumption;
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{NoServerSessionStorage, ParsedCertificate, WebPkiClientVerifier};
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
+};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
 use super::{spiffe_ids, Certs, Identity, IdentityError};
@@ -39,7 +41,10 @@ pub(super) fn root_store(roots: &[CertificateDer<'static>]) -> Result<RootCertSt
     Ok(store)
 }
 
-pub(super) fn check_key_matches(chain: &[CertificateDer<'static>], key: &PrivateKeyDer<'static>) -> Result<(), String> {
+pub(super) fn check_key_matches(
+    chain: &[CertificateDer<'static>],
+    key: &PrivateKeyDer<'static>,
+) -> Result<(), String> {
     let signing = provider()
         .key_provider
         .load_private_key(key.clone_key())
@@ -113,7 +118,9 @@ fn rejected(message: String) -> rustls::Error {
         }
     }
     impl std::error::Error for Rejected {}
-    rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(Rejected(message)))))
+    rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(
+        Rejected(message),
+    ))))
 }
 
 /// Server side: the standard chain check, then at least one SPIFFE SAN of the client leaf in our trust domain.
@@ -139,7 +146,8 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)?;
         let ids = spiffe_ids(end_entity);
         if ids.iter().any(|id| id.trust_domain == self.trust_domain) {
             Ok(ClientCertVerified::assertion())
@@ -203,7 +211,10 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         } else {
             Err(rejected(format!(
                 "server identity {ids:?} is not one of the expected {:?}",
-                self.expected.iter().map(ToString::to_string).collect::<Vec<_>>()
+                self.expected
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
             )))
         }
     }

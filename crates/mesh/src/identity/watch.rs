@@ -23,12 +23,13 @@ pub(super) fn spawn(store: CertStore, paths: CertPaths) -> WatchGuard {
         })
         .collect();
 
-    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-        Ok(_) => {
-            let _ = tx.send(());
-        }
-        Err(e) => tracing::warn!(error = %e, "certificate watch error"),
-    });
+    let watcher =
+        notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+            Ok(_) => {
+                let _ = tx.send(());
+            }
+            Err(e) => tracing::warn!(error = %e, "certificate watch error"),
+        });
     let watcher = match watcher {
         Ok(mut watcher) => {
             for dir in &dirs {
@@ -60,12 +61,15 @@ pub(super) fn spawn(store: CertStore, paths: CertPaths) -> WatchGuard {
             };
             match loaded {
                 Ok(Ok(certs)) => {
-                    if certs.chain == store.current().chain && certs.roots == store.current().roots {
+                    if certs.chain == store.current().chain && certs.roots == store.current().roots
+                    {
                         continue;
                     }
                     store.replace(certs);
                 }
-                Ok(Err(e)) => tracing::warn!(error = %e, "re-reading certificates failed; keeping the old ones"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "re-reading certificates failed; keeping the old ones")
+                }
                 Err(e) => tracing::warn!(error = %e, "certificate reload task failed"),
             }
         }
