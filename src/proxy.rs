@@ -61,15 +61,24 @@ impl RequestCtx {
 }
 
 /// Stage "validate": framing a proxy must not pass on. A request with both `Content-Length` and
-/// `Transfer-Encoding` is a smuggling vector (RFC 9112 §6.1); Pingora accepts it, the waypoint does not.
-pub fn validate(req: &RequestHeader) -> Result<(), ProxyError> {
+/// `Transfer-Encoding` is a smuggling vector (RFC 9112 §6.1). Pingora drops the `Content-Length` and serves it;
+/// the waypoint refuses it, so `raw_h1` (the request head as received, for HTTP/1.x) is checked whenever a
+/// `Transfer-Encoding` is present.
+pub fn validate(req: &RequestHeader, raw_h1: Option<&[u8]>) -> Result<(), ProxyError> {
     let h = &req.headers;
-    if h.contains_key(http::header::CONTENT_LENGTH)
-        && h.contains_key(http::header::TRANSFER_ENCODING)
+    if h.contains_key(http::header::TRANSFER_ENCODING)
+        && (h.contains_key(http::header::CONTENT_LENGTH) || raw_h1.is_some_and(has_content_length))
     {
         return Err(ProxyError::BadRequest);
     }
     Ok(())
+}
+
+/// Whether a raw HTTP/1 head carries a `Content-Length` field (any case).
+fn has_content_length(head: &[u8]) -> bool {
+    head.split(|b| *b == b'\n')
+        .skip(1)
+        .any(|line| line.len() > 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
 }
 
 /// Stage "identify + route": everything decided before the upstream is known.
@@ -78,7 +87,6 @@ fn decide(
     conn: Option<&ConnInfo>,
     req: &RequestHeader,
 ) -> Result<(Arc<ServiceRoutes>, usize, usize), ProxyError> {
-    validate(req)?;
     let conn = conn.ok_or(ProxyError::Internal)?;
     let svc = snapshot
         .service(conn.destination)
@@ -127,6 +135,22 @@ impl ProxyHttp for WaypointProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         ctx.conn = conn_info(session);
+        let raw = session
+            .req_header()
+            .headers
+            .contains_key(http::header::TRANSFER_ENCODING)
+            .then(|| {
+                session
+                    .as_downstream()
+                    .as_http1()
+                    .map(|h1| h1.get_headers_raw_bytes())
+            })
+            .flatten();
+        if let Err(e) = validate(session.req_header(), raw.as_deref()) {
+            self.stats.local_replies.fetch_add(1, Ordering::Relaxed);
+            respond_error(session, &e).await;
+            return Ok(true);
+        }
         match decide(&ctx.snapshot, ctx.conn.as_deref(), session.req_header()) {
             Ok(r) => {
                 ctx.route = Some(r);
@@ -189,5 +213,31 @@ impl ProxyHttp for WaypointProxy {
             error_code: code,
             can_reuse_downstream: false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smuggling_framing_is_refused() {
+        let mut te = RequestHeader::build("POST", b"/", None).unwrap();
+        te.insert_header("transfer-encoding", "chunked").unwrap();
+        let cl_raw = b"POST / HTTP/1.1\r\nHost: a\r\nContent-LENGTH: 4\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let te_raw = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(validate(&te, Some(cl_raw)), Err(ProxyError::BadRequest));
+        assert_eq!(validate(&te, Some(te_raw)), Ok(()));
+        assert_eq!(validate(&te, None), Ok(()));
+        let mut both = te.clone();
+        both.insert_header("content-length", "4").unwrap();
+        assert_eq!(validate(&both, None), Err(ProxyError::BadRequest));
+        let mut cl = RequestHeader::build("POST", b"/", None).unwrap();
+        cl.insert_header("content-length", "4").unwrap();
+        assert_eq!(
+            validate(&cl, Some(cl_raw)),
+            Ok(()),
+            "no Transfer-Encoding: nothing to check"
+        );
     }
 }

@@ -154,6 +154,9 @@ pub fn compile(mesh: &Mesh, spec: &WaypointSpec) -> Result<Snapshot, ConfigError
     Ok(Snapshot { services })
 }
 
+/// A match keyed for sorting: (precedence, route order, the match, rule index).
+type Keyed = ((u8, std::cmp::Reverse<usize>), usize, PathMatch, usize);
+
 fn compile_service(
     mesh: &Mesh,
     spec: &WaypointSpec,
@@ -163,14 +166,14 @@ fn compile_service(
     let name = format!("{}/{}", svc.namespace, svc.name);
     let mut rules = Vec::new();
     // (precedence, route order, rule index) for a stable sort.
-    let mut keyed: Vec<((u8, std::cmp::Reverse<usize>), usize, PathMatch, usize)> = Vec::new();
+    let mut keyed: Vec<Keyed> = Vec::new();
     let mut attached: Vec<&mesh::config::Sourced<HttpRoute>> = mesh
         .http_routes
         .iter()
         .filter(|r| attaches_to(&r.object, svc, port))
         .collect();
     // Older routes win ties; without timestamps, order by namespace/name as the spec's last tie-breaker.
-    attached.sort_by(|a, b| route_key(&a.object).cmp(&route_key(&b.object)));
+    attached.sort_by_key(|r| route_key(&r.object));
     for (route_order, route) in attached.iter().enumerate() {
         let (rns, rname) = route_key(&route.object);
         for (ri, rule) in route.object.spec.rules.iter().flatten().enumerate() {
@@ -233,7 +236,7 @@ fn compile_service(
             0,
         ));
     }
-    keyed.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    keyed.sort_by_key(|k| (k.0, k.1));
     Ok(ServiceRoutes {
         name,
         hostname: svc.hostname(),
@@ -258,7 +261,7 @@ fn attaches_to(route: &HttpRoute, svc: &Service, port: u16) -> bool {
     let rns = route.metadata.namespace.as_deref().unwrap_or("default");
     route.spec.parent_refs.iter().flatten().any(|p| {
         p.kind.as_deref() == Some("Service")
-            && p.group.as_deref().unwrap_or("") == ""
+            && p.group.as_deref().unwrap_or("").is_empty()
             && p.name == svc.name
             && p.namespace.as_deref().unwrap_or(rns) == svc.namespace
             && p.port.is_none_or(|pp| pp == i32::from(port))
@@ -332,7 +335,7 @@ fn compile_backend(
         port.map_or("?".into(), |p| p.to_string())
     );
     let invalid = if b.kind.as_deref().unwrap_or("Service") != "Service"
-        || b.group.as_deref().unwrap_or("") != ""
+        || !b.group.as_deref().unwrap_or("").is_empty()
     {
         Some(format!("{field}: unsupported kind (InvalidKind)"))
     } else if ns != route_ns {

@@ -158,3 +158,48 @@ async fn endpoints_outside_the_mesh_are_reached_over_plain_tcp() {
     );
     mesh.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_headers_from_the_client_are_never_trusted() {
+    let mesh = common::mesh(None).await;
+    let t = mesh.target();
+    let mut conn = waypoint::demo::client::Conn::open(&t, Proto::Http1)
+        .await
+        .unwrap();
+    let forged = "By=spiffe://cluster.local/ns/default/sa/waypoint;URI=spiffe://cluster.local/ns/kube-system/sa/admin";
+    let r = conn
+        .get_with(&t, "/reviews", &[("x-forwarded-client-cert", forged)])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.xfcc.as_deref(),
+        Some(format!("By={WAYPOINT_ID};URI={CLIENT_ID}").as_str())
+    );
+    mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smuggling_framing_is_rejected_with_400() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mesh = common::mesh(None).await;
+    let t = mesh.target();
+    let mut s = waypoint::demo::client::socks5_connect(&t).await.unwrap();
+    let req = "POST /reviews HTTP/1.1\r\nhost: reviews\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n";
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    assert_eq!(
+        mesh.apps
+            .iter()
+            .map(|a| a.stats.requests.load(std::sync::atomic::Ordering::Relaxed))
+            .sum::<u64>(),
+        0
+    );
+    mesh.shutdown().await;
+}

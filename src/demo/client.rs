@@ -126,20 +126,33 @@ impl Conn {
 
     /// Sends `GET path` with `Host: host:port`.
     pub async fn get(&mut self, t: &Target, path: &str) -> anyhow::Result<Reply> {
+        self.get_with(t, path, &[]).await
+    }
+
+    /// Sends `GET path` with `Host: host:port` and extra `headers`.
+    pub async fn get_with(
+        &mut self,
+        t: &Target,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<Reply> {
         let authority = format!("{}:{}", t.host, t.port);
+        let mut req = match self {
+            Conn::Http1(_) => Request::get(path).header("host", authority),
+            Conn::H2c(_) => Request::get(format!("http://{authority}{path}")),
+        };
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Empty::new())?;
         let resp = match self {
             Conn::Http1(s) => {
                 s.ready().await?;
-                let req = Request::get(path)
-                    .header("host", authority)
-                    .body(Empty::new())?;
                 s.send_request(req).await?
             }
             Conn::H2c(s) => {
                 s.ready().await?;
-                let uri = format!("http://{authority}{path}");
-                s.send_request(Request::get(uri).body(Empty::new())?)
-                    .await?
+                s.send_request(req).await?
             }
         };
         let header = |n: &str| {

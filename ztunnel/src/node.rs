@@ -72,82 +72,51 @@ pub struct Ztunnel {
 impl Ztunnel {
     /// Loads the config and certificates, binds every listener and returns once they are all listening.
     pub async fn start(cfg: NodeConfig) -> anyhow::Result<Ztunnel> {
+        // Config: the manifests as this node sees them.
         let spec = node_spec(&cfg)?;
-        let mesh = load_mesh(&cfg).await?;
-        let view = NodeView::compile(Arc::new(mesh), &spec);
+        let view = NodeView::compile(Arc::new(load_mesh(&cfg).await?), &spec);
         check_spec(&view, &spec)?;
-
+        // Certificates of the workloads we speak for.
         let (certs, cert_watches) = load_certs(&view, &cfg)?;
+        // Listeners: all bound before anything is spawned, so a failure leaves nothing running.
+        let listeners = Listeners::bind(&view, &certs, &cfg).await?;
+        let own = listeners.addrs();
+        // Live config from here on.
         let live = Arc::new(Live::new(view));
-        let config_watch = {
-            let spec = spec.clone();
-            config::watch_dir(
-                cfg.manifests.clone(),
-                cfg.trust_domain.clone(),
-                CONFIG_DEBOUNCE,
-                live.clone(),
-                move |mesh: &Mesh| Ok(NodeView::compile(Arc::new(mesh.clone()), &spec)),
-            )
-        };
-
-        // Bind everything before spawning anything, so a bind failure leaves nothing running.
-        let inbound = bind_inbound(&live.load(), &certs, cfg.hbone_port).await?;
-        let socks5 = bind_opt(cfg.socks5, "SOCKS5").await?;
-        let redirect = bind_opt(cfg.redirect, "redirect").await?;
-        let addr_of = |l: &TcpListener| l.local_addr().expect("bound listener has an address");
-        let mut own: Vec<SocketAddr> = inbound.iter().map(|(_, l)| addr_of(l)).collect();
-        own.extend(socks5.iter().chain(redirect.iter()).map(addr_of));
-
+        let config_watch = config::watch_dir(
+            cfg.manifests.clone(),
+            cfg.trust_domain.clone(),
+            CONFIG_DEBOUNCE,
+            live.clone(),
+            move |mesh: &Mesh| Ok(NodeView::compile(Arc::new(mesh.clone()), &spec)),
+        );
+        // Serve.
         let counters = Arc::new(Counters::default());
         let pool = Pool::new(PoolOptions::default());
         let drain = Drain::default();
         let outbound = Arc::new(Outbound {
             live: live.clone(),
-            certs: Arc::new(certs.clone()),
+            certs: Arc::new(certs),
             pool: pool.clone(),
             counters: counters.clone(),
-            own: own.clone(),
+            own,
         });
         let handler = Arc::new(InboundHandler {
             live: live.clone(),
             counters: counters.clone(),
             drain: drain.clone(),
         });
-
-        let mut tasks = vec![];
-        let mut inbound_addrs = vec![];
-        for (store, listener) in inbound {
-            inbound_addrs.push(addr_of(&listener));
-            let serve = mesh::hbone::serve(
-                listener,
-                store,
-                handler.clone(),
-                ServerOptions::default(),
-                drain.stopping(),
-            );
-            tasks.push(tokio::spawn(serve));
-        }
-        let socks5_addr = socks5.as_ref().map(addr_of);
-        if let Some(l) = socks5 {
-            tasks.push(tokio::spawn(socks5::run(
-                l,
-                outbound.clone(),
-                drain.clone(),
-            )));
-        }
-        let redirect_addr = redirect.as_ref().map(addr_of);
-        if let Some(l) = redirect {
-            tasks.push(tokio::spawn(redirect::run(
-                l,
-                outbound.clone(),
-                drain.clone(),
-            )));
-        }
-        tracing::info!(inbound = ?inbound_addrs, socks5 = ?socks5_addr, redirect = ?redirect_addr, "ztunnel listening");
+        let (inbound, socks5, redirect) = (
+            listeners.inbound_addrs(),
+            listeners.socks5.as_ref().map(addr_of),
+            listeners.redirect.as_ref().map(addr_of),
+        );
+        let tasks = listeners.spawn(&outbound, &handler, &drain);
+        tracing::info!(?inbound, ?socks5, ?redirect, "ztunnel listening");
         Ok(Ztunnel {
-            socks5: socks5_addr,
-            redirect: redirect_addr,
-            inbound: inbound_addrs,
+            socks5,
+            redirect,
+            inbound,
             live,
             counters,
             pool,
@@ -205,6 +174,7 @@ impl Ztunnel {
                 abort.abort();
             }
         }
+        tracing::info!("ztunnel stopped");
     }
 }
 
@@ -280,32 +250,87 @@ fn load_certs(
     Ok((certs, guards))
 }
 
-/// One inbound listener per distinct local workload IP, with that workload's certificate.
-async fn bind_inbound(
-    view: &NodeView,
-    certs: &CertSet,
-    port: u16,
-) -> anyhow::Result<Vec<(CertStore, TcpListener)>> {
-    let mut seen = BTreeSet::<IpAddr>::new();
-    let mut out = vec![];
-    for w in view.local_workloads() {
-        if !seen.insert(w.ip) {
-            continue;
+/// Every listener of the node, bound.
+struct Listeners {
+    /// One per distinct local workload IP, with that workload's certificate.
+    inbound: Vec<(CertStore, TcpListener)>,
+    socks5: Option<TcpListener>,
+    redirect: Option<TcpListener>,
+}
+
+impl Listeners {
+    async fn bind(view: &NodeView, certs: &CertSet, cfg: &NodeConfig) -> anyhow::Result<Listeners> {
+        let mut seen = BTreeSet::<IpAddr>::new();
+        let mut inbound = vec![];
+        for w in view.local_workloads() {
+            if !seen.insert(w.ip) {
+                continue;
+            }
+            let addr = SocketAddr::new(w.ip, cfg.hbone_port);
+            let listener = TcpListener::bind(addr).await.with_context(|| {
+                format!(
+                    "inbound HBONE listener of {}/{} on {addr}",
+                    w.namespace, w.name
+                )
+            })?;
+            let id = w.identity(view.trust_domain());
+            let store = certs
+                .get(&id)
+                .with_context(|| format!("no certificate loaded for {id}"))?;
+            inbound.push((store.clone(), listener));
         }
-        let addr = SocketAddr::new(w.ip, port);
-        let listener = TcpListener::bind(addr).await.with_context(|| {
-            format!(
-                "inbound HBONE listener of {}/{} on {addr}",
-                w.namespace, w.name
-            )
-        })?;
-        let id = w.identity(view.trust_domain());
-        let store = certs
-            .get(&id)
-            .with_context(|| format!("no certificate loaded for {id}"))?;
-        out.push((store.clone(), listener));
+        Ok(Listeners {
+            inbound,
+            socks5: bind_opt(cfg.socks5, "SOCKS5").await?,
+            redirect: bind_opt(cfg.redirect, "redirect").await?,
+        })
     }
-    Ok(out)
+
+    fn inbound_addrs(&self) -> Vec<SocketAddr> {
+        self.inbound.iter().map(|(_, l)| addr_of(l)).collect()
+    }
+
+    /// All of them (the self-call guard).
+    fn addrs(&self) -> Vec<SocketAddr> {
+        let mut all = self.inbound_addrs();
+        all.extend(self.socks5.iter().chain(self.redirect.iter()).map(addr_of));
+        all
+    }
+
+    /// Spawns every accept loop.
+    fn spawn(
+        self,
+        outbound: &Arc<Outbound>,
+        handler: &Arc<InboundHandler>,
+        drain: &Drain,
+    ) -> Vec<JoinHandle<()>> {
+        let mut tasks = vec![];
+        for (store, listener) in self.inbound {
+            let options = ServerOptions::default();
+            let serve =
+                mesh::hbone::serve(listener, store, handler.clone(), options, drain.stopping());
+            tasks.push(tokio::spawn(serve));
+        }
+        if let Some(l) = self.socks5 {
+            tasks.push(tokio::spawn(socks5::run(
+                l,
+                outbound.clone(),
+                drain.clone(),
+            )));
+        }
+        if let Some(l) = self.redirect {
+            tasks.push(tokio::spawn(redirect::run(
+                l,
+                outbound.clone(),
+                drain.clone(),
+            )));
+        }
+        tasks
+    }
+}
+
+fn addr_of(l: &TcpListener) -> SocketAddr {
+    l.local_addr().expect("a bound listener has an address")
 }
 
 async fn bind_opt(addr: Option<SocketAddr>, what: &str) -> anyhow::Result<Option<TcpListener>> {
