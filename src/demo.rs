@@ -39,6 +39,8 @@ pub struct DemoOptions {
     pub socks_port: u16,
     /// The applications' port (8080 as in the manifests).
     pub app_port: u16,
+    /// Node-a's iptables-redirect capture listener (`127.0.0.1:port`), when wanted.
+    pub redirect_port: Option<u16>,
     /// The manifests text (defaults to [`DEMO_MANIFESTS`]); addresses are rewritten to `net` and `hbone_port`.
     pub manifests: Option<String>,
 }
@@ -50,6 +52,7 @@ impl Default for DemoOptions {
             hbone_port: 15008,
             socks_port: 15080,
             app_port: 8080,
+            redirect_port: None,
             manifests: None,
         }
     }
@@ -111,22 +114,31 @@ impl DemoMesh {
                     .with_context(|| format!("starting app on {addr}"))?,
             );
         }
-        let node = |name: &str, socks: Option<SocketAddr>, default: Option<&str>| NodeConfig {
-            manifests: manifests_dir.clone(),
-            certs_dir: certs_dir.clone(),
-            trust_domain: td.to_string(),
-            node: Some(name.to_string()),
-            workloads: vec![],
-            hbone_port: opts.hbone_port,
-            socks5: socks,
-            socks5_default_workload: default.map(str::to_string),
-            redirect: None,
-        };
+        let node =
+            |name: &str, socks: Option<SocketAddr>, default: Option<&str>, redirect| NodeConfig {
+                manifests: manifests_dir.clone(),
+                certs_dir: certs_dir.clone(),
+                trust_domain: td.to_string(),
+                node: Some(name.to_string()),
+                workloads: vec![],
+                hbone_port: opts.hbone_port,
+                socks5: socks,
+                socks5_default_workload: default.map(str::to_string),
+                redirect,
+            };
         let socks = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), opts.socks_port);
-        let node_a = Ztunnel::start(node("node-a", Some(socks), Some("default/productpage-0")))
-            .await
-            .context("starting ztunnel node-a")?;
-        let node_b = Ztunnel::start(node("node-b", None, None))
+        let redirect = opts
+            .redirect_port
+            .map(|p| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), p));
+        let node_a = Ztunnel::start(node(
+            "node-a",
+            Some(socks),
+            Some("default/productpage-0"),
+            redirect,
+        ))
+        .await
+        .context("starting ztunnel node-a")?;
+        let node_b = Ztunnel::start(node("node-b", None, None, None))
             .await
             .context("starting ztunnel node-b")?;
 

@@ -199,6 +199,11 @@ impl ProxyHttp for WaypointProxy {
         Ok(())
     }
 
+    /// A client closing its keep-alive connection between requests is routine, not an error worth logging.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
+        classify(e) == ProxyError::DownstreamGone
+    }
+
     async fn fail_to_proxy(
         &self,
         session: &mut Session,

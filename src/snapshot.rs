@@ -178,6 +178,7 @@ fn compile_service(
         let (rns, rname) = route_key(&route.object);
         for (ri, rule) in route.object.spec.rules.iter().flatten().enumerate() {
             let object = format!("HTTPRoute {rns}/{rname}");
+            warn_unsupported(rule, &object, ri);
             let rule_index = rules.len();
             let mut backends = Vec::new();
             for (bi, b) in rule.backend_refs.iter().flatten().enumerate() {
@@ -385,4 +386,30 @@ fn upstreams(mesh: &Mesh, spec: &WaypointSpec, svc: &Service, port: u16) -> Vec<
             }
         })
         .collect()
+}
+
+/// Says which parts of a rule this waypoint does not apply yet (full Gateway API coverage is its own work),
+/// rather than ignoring them silently.
+fn warn_unsupported(rule: &gateway_api::httproutes::HttpRouteRules, object: &str, ri: usize) {
+    let mut parts = Vec::new();
+    if rule.filters.as_ref().is_some_and(|f| !f.is_empty()) {
+        parts.push("filters");
+    }
+    if rule.timeouts.is_some() {
+        parts.push("timeouts");
+    }
+    if rule
+        .matches
+        .iter()
+        .flatten()
+        .any(|m| m.headers.is_some() || m.query_params.is_some() || m.method.is_some())
+    {
+        parts.push("header/query/method matches");
+    }
+    if !parts.is_empty() {
+        tracing::warn!(
+            "{object}: spec.rules[{ri}]: {} not applied by this waypoint yet",
+            parts.join(", ")
+        );
+    }
 }
