@@ -208,8 +208,9 @@ impl DemoMesh {
     }
 
     pub async fn shutdown(self) {
-        self.waypoint.shutdown(Duration::from_secs(2)).await;
+        // Client side first, then the waypoint (which ends its upstream streams), then the destination node.
         self.node_a.shutdown().await;
+        self.waypoint.shutdown(Duration::from_secs(2)).await;
         self.node_b.shutdown().await;
     }
 }

@@ -131,5 +131,7 @@ impl Waypoint {
     pub async fn shutdown(self, deadline: Duration) {
         let _ = self.shutdown.send(true);
         let _ = tokio::time::timeout(deadline, self.serve).await;
+        // In-flight requests are done: end the pooled upstream streams so destinations see a clean close.
+        self._relay.close_streams();
     }
 }

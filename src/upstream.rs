@@ -61,6 +61,8 @@ pub struct Relay {
     path: PathBuf,
     dir: PathBuf,
     task: tokio::task::JoinHandle<()>,
+    /// Tells every relayed stream to end (on shutdown or drop).
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl Relay {
@@ -75,29 +77,47 @@ impl Relay {
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         let path = dir.join("relay.sock");
         let listener = UnixListener::bind(&path)?;
+        let (closing, closed) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((conn, _)) = listener.accept().await else {
                     continue;
                 };
                 let (pool, certs) = (pool.clone(), certs.clone());
+                let mut closed = closed.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = relay_one(conn, &pool, &certs).await {
+                    let relayed = relay_one(conn, &pool, &certs);
+                    let result = tokio::select! {
+                        r = relayed => r,
+                        _ = closed.wait_for(|c| *c) => Ok(()),
+                    };
+                    if let Err(e) = result {
                         debug!("hbone relay: {e}");
                     }
                 });
             }
         });
-        Ok(Relay { path, dir, task })
+        Ok(Relay {
+            path,
+            dir,
+            task,
+            closing,
+        })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Ends every relayed stream (END_STREAM towards the endpoints); new ones are still accepted.
+    pub fn close_streams(&self) {
+        let _ = self.closing.send(true);
+    }
 }
 
 impl Drop for Relay {
     fn drop(&mut self) {
+        self.close_streams();
         self.task.abort();
         let _ = std::fs::remove_file(&self.path);
         let _ = std::fs::remove_dir(&self.dir);

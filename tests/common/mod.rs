@@ -21,6 +21,7 @@ pub async fn mesh(manifests: Option<String>) -> DemoMesh {
             hbone_port,
             socks_port: 0,
             app_port,
+            redirect_port: None,
             manifests: manifests.clone(),
         };
         match DemoMesh::start(opts).await {
