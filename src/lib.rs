@@ -11,6 +11,7 @@ pub mod downstream;
 pub mod error;
 pub mod proxy;
 pub mod route;
+pub mod routes;
 pub mod server;
 pub mod snapshot;
 pub mod upstream;

@@ -4,6 +4,10 @@
 //! `ResponseHeaderModifier`) into `http` types, so an invalid header name or value is rejected when the config
 //! loads, naming the header, and applying it on the request path neither parses nor fails.
 
+pub mod redirect;
+
+pub use redirect::{MirrorFraction, PathModifier, Redirect, RequestParts, UrlRewrite};
+
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 /// A header that cannot be compiled.
@@ -13,6 +17,9 @@ pub enum FilterError {
     InvalidName { name: String },
     #[error("invalid value for header {name:?}: {value:?}")]
     InvalidValue { name: String, value: String },
+    /// Any other invalid filter field: which field, and why.
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
 }
 
 /// A compiled `RequestHeaderModifier` / `ResponseHeaderModifier` (Gateway API).
