@@ -9,7 +9,9 @@
 pub mod demo;
 pub mod downstream;
 pub mod error;
+pub mod mirror;
 pub mod proxy;
+pub mod retry;
 pub mod route;
 pub mod routes;
 pub mod server;

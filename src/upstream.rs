@@ -218,3 +218,43 @@ async fn relay_one(mut conn: UnixStream, pool: &Pool, certs: &CertStore) -> io::
     tokio::io::copy_bidirectional(&mut conn, &mut stream).await?;
     Ok(())
 }
+
+/// Opens a stream to `up` for a request the proxy sends itself (mirrors): through the relay (HBONE) or plain
+/// TCP. The stream carries the application's bytes.
+pub async fn open(up: &Upstream, relay: &Path) -> io::Result<Box<dyn Tunnel>> {
+    let Some(h) = &up.hbone else {
+        let tcp = tokio::net::TcpStream::connect(up.addr).await?;
+        tcp.set_nodelay(true)?;
+        return Ok(Box::new(tcp));
+    };
+    let mut conn = UnixStream::connect(relay).await?;
+    let head = format!(
+        "CONNECT {a} HTTP/1.1\r\nHost: {a}\r\n{HDR_HBONE_ADDR}: {}\r\n{HDR_IDENTITY}: {}\r\n\r\n",
+        h.hbone_addr,
+        h.identity,
+        a = up.addr
+    );
+    conn.write_all(head.as_bytes()).await?;
+    let mut buf = Vec::with_capacity(64);
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if conn.read(&mut byte).await? == 0 || buf.len() > MAX_HEAD {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "relay closed during CONNECT",
+            ));
+        }
+        buf.push(byte[0]);
+    }
+    if !buf.starts_with(b"HTTP/1.1 200") {
+        return Err(io::Error::new(
+            io::ErrorKind::ConnectionRefused,
+            "HBONE CONNECT refused",
+        ));
+    }
+    Ok(Box::new(conn))
+}
+
+/// A byte stream to an upstream.
+pub trait Tunnel: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Tunnel for T {}

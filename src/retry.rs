@@ -1,0 +1,203 @@
+//! The route-level resilience decisions (HTTPRoute `retry`, GEP-1731, and `timeouts`, GEP-1742), as pure
+//! functions over plain data: whether a failed try is retried, how long to back off, and how long the next try
+//! may take. The proxy keeps one [`Attempts`] per request and asks these questions; it never decides inline.
+
+use std::time::{Duration, Instant};
+
+use crate::error::ProxyError;
+use crate::routes::compile::{RetryPolicy, Timeouts};
+
+/// Backoff never exceeds this multiple of the base (as Envoy caps it).
+const MAX_BACKOFF_FACTOR: u32 = 10;
+/// The base backoff when a policy gives none (Envoy's default, 25 ms).
+const DEFAULT_BACKOFF: Duration = Duration::from_millis(25);
+
+/// How a try failed, as far as retrying is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The connection (or HBONE stream) could not be opened: the request was never sent.
+    Connect,
+    /// The connection was closed or reset before any byte of the response arrived.
+    ResetBeforeResponse,
+    /// A response arrived with this status.
+    Status(u16),
+    /// The try timed out.
+    Timeout,
+}
+
+/// Per-request retry state.
+#[derive(Clone, Debug)]
+pub struct Attempts {
+    /// Tries started so far (1 after the first `upstream_peer`).
+    pub tries: u32,
+    /// When the whole request must be done (`timeouts.request`).
+    pub deadline: Option<Instant>,
+}
+
+impl Attempts {
+    pub fn start(timeouts: &Timeouts, now: Instant) -> Attempts {
+        Attempts {
+            tries: 0,
+            deadline: timeouts.request.map(|t| now + t),
+        }
+    }
+}
+
+/// Whether a failed try is retried: the policy allows another attempt, the failure is one the policy retries,
+/// and the request can be replayed. Connect failures are always safe (nothing was sent); a reset before the
+/// response only for idempotent requests (issue 4 refines this); a status only when listed in `codes`.
+pub fn should_retry(
+    policy: Option<&RetryPolicy>,
+    a: &Attempts,
+    failure: Failure,
+    idempotent: bool,
+    replayable: bool,
+    now: Instant,
+) -> bool {
+    let Some(p) = policy else { return false };
+    if a.tries > p.attempts || !replayable {
+        return false;
+    }
+    if a.deadline.is_some_and(|d| now >= d) {
+        return false;
+    }
+    match failure {
+        Failure::Connect => true,
+        Failure::ResetBeforeResponse => idempotent,
+        Failure::Status(s) => p.codes.contains(&s),
+        Failure::Timeout => false,
+    }
+}
+
+/// The wait before try number `next_try` (2 for the first retry): exponential from the base, capped at
+/// `MAX_BACKOFF_FACTOR` × base, with full jitter from `draw` (uniform in `0..=u32::MAX`).
+pub fn backoff(policy: &RetryPolicy, next_try: u32, draw: u32) -> Duration {
+    let base = policy.backoff.unwrap_or(DEFAULT_BACKOFF);
+    let exp = next_try.saturating_sub(2).min(16);
+    let ceiling = base
+        .saturating_mul(1u32 << exp)
+        .min(base.saturating_mul(MAX_BACKOFF_FACTOR));
+    ceiling.mul_f64(f64::from(draw) / f64::from(u32::MAX))
+}
+
+/// How long the next try may take: the per-try timeout, cut to what is left of the request deadline.
+/// `Err(Timeout)` when the deadline has already passed.
+pub fn try_timeout(
+    timeouts: &Timeouts,
+    a: &Attempts,
+    now: Instant,
+) -> Result<Option<Duration>, ProxyError> {
+    let left = match a.deadline {
+        Some(d) if now >= d => return Err(ProxyError::Timeout),
+        Some(d) => Some(d - now),
+        None => None,
+    };
+    Ok(match (timeouts.backend_request, left) {
+        (Some(t), Some(l)) => Some(t.min(l)),
+        (t, l) => t.or(l),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(attempts: u32, codes: &[u16]) -> RetryPolicy {
+        RetryPolicy {
+            attempts,
+            codes: codes.to_vec(),
+            backoff: Some(Duration::from_millis(100)),
+        }
+    }
+
+    #[test]
+    fn retry_decisions() {
+        let now = Instant::now();
+        let p = policy(2, &[503]);
+        let at = |tries| Attempts {
+            tries,
+            deadline: None,
+        };
+        let cases = [
+            // (policy, tries so far, failure, idempotent, replayable, expected)
+            (Some(&p), 1, Failure::Status(503), true, true, true),
+            (Some(&p), 2, Failure::Status(503), true, true, true),
+            (Some(&p), 3, Failure::Status(503), true, true, false), // 1 + 2 attempts used
+            (Some(&p), 1, Failure::Status(500), true, true, false), // not a listed code
+            (Some(&p), 1, Failure::Connect, false, true, true),     // nothing was sent
+            (Some(&p), 1, Failure::ResetBeforeResponse, true, true, true),
+            (
+                Some(&p),
+                1,
+                Failure::ResetBeforeResponse,
+                false,
+                true,
+                false,
+            ),
+            (Some(&p), 1, Failure::Status(503), true, false, false), // body too big to replay
+            (Some(&p), 1, Failure::Timeout, true, true, false),
+            (None, 1, Failure::Connect, true, true, false),
+        ];
+        for (i, (pol, tries, f, idem, replay, want)) in cases.into_iter().enumerate() {
+            assert_eq!(
+                should_retry(pol, &at(tries), f, idem, replay, now),
+                want,
+                "case {i}"
+            );
+        }
+        let expired = Attempts {
+            tries: 1,
+            deadline: Some(now),
+        };
+        assert!(
+            !should_retry(Some(&p), &expired, Failure::Connect, true, true, now),
+            "past the deadline"
+        );
+    }
+
+    #[test]
+    fn backoff_is_exponential_capped_and_jittered() {
+        let p = policy(5, &[]);
+        assert_eq!(backoff(&p, 2, u32::MAX), Duration::from_millis(100));
+        assert_eq!(backoff(&p, 3, u32::MAX), Duration::from_millis(200));
+        assert_eq!(backoff(&p, 4, u32::MAX), Duration::from_millis(400));
+        assert_eq!(
+            backoff(&p, 9, u32::MAX),
+            Duration::from_millis(1000),
+            "capped at 10x"
+        );
+        assert_eq!(backoff(&p, 3, 0), Duration::ZERO);
+        assert!(backoff(&p, 3, u32::MAX / 2) <= Duration::from_millis(101));
+    }
+
+    #[test]
+    fn try_timeout_is_the_smaller_of_per_try_and_what_is_left() {
+        let now = Instant::now();
+        let t = |req: Option<u64>, be: Option<u64>| Timeouts {
+            request: req.map(Duration::from_millis),
+            backend_request: be.map(Duration::from_millis),
+        };
+        let a = |tm: &Timeouts| Attempts::start(tm, now);
+        let both = t(Some(1000), Some(300));
+        assert_eq!(
+            try_timeout(&both, &a(&both), now),
+            Ok(Some(Duration::from_millis(300)))
+        );
+        let later = now + Duration::from_millis(900);
+        assert_eq!(
+            try_timeout(&both, &a(&both), later),
+            Ok(Some(Duration::from_millis(100)))
+        );
+        assert_eq!(
+            try_timeout(&both, &a(&both), now + Duration::from_secs(2)),
+            Err(ProxyError::Timeout)
+        );
+        let none = t(None, None);
+        assert_eq!(try_timeout(&none, &a(&none), now), Ok(None));
+        let be = t(None, Some(50));
+        assert_eq!(
+            try_timeout(&be, &a(&be), later),
+            Ok(Some(Duration::from_millis(50)))
+        );
+    }
+}
