@@ -1,14 +1,32 @@
-//! Criterion benchmarks of the request path's pure functions: route match, weighted pick, snapshot compile.
+//! Criterion benchmarks of the request path's pure functions: route match, weighted pick, snapshot compile,
+//! route-table lookup as rules grow, and the HTTPRoute filters.
 //!
 //! `cargo bench --bench hot_path` (save a baseline with `-- --save-baseline before`, compare with
-//! `-- --baseline before`).
+//! `-- --baseline before`; `-- route/` runs only the routing ones, `-- filters/` the filters).
+//!
+//! - `route/match_{10,1000,10000}/{hit,miss}`: [`MatchTable::find`] over that many rules (a third exact paths,
+//!   a third prefixes, a third prefixes with a header match); `hit` is a request for one of the last rules
+//!   built (a header-matched prefix), `miss` a request no rule takes.
+//! - `filters/header_modifier_apply`: a `RequestHeaderModifier` (2 set, 2 add, 1 remove) on a request's
+//!   headers (the per-iteration copy of the headers is made outside the measurement).
+//! - `filters/redirect_location`: a `RequestRedirect` `Location` (scheme, prefix path, query kept).
+//! - `filters/rewrite_apply_path`: a `URLRewrite` `ReplacePrefixMatch` with a query.
 
+use std::cell::OnceCell;
 use std::hint::black_box;
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{
+    criterion_group, criterion_main, BatchSize, BenchmarkGroup, Criterion, Throughput,
+};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use mesh::config::{GatewayRef, Mesh};
 use waypoint::route;
+use waypoint::routes::matching::{
+    HeaderMatch, MatchTable, Origin, PathMatch, RequestView, RouteMatch, StringMatch,
+};
 use waypoint::snapshot::{compile, WaypointSpec};
+use waypoint_filters::{HeaderModifier, PathModifier, Redirect, RequestParts, UrlRewrite};
 
 fn demo_mesh(extra_services: usize) -> Mesh {
     let mut text = waypoint::demo::DEMO_MANIFESTS.to_string();
@@ -39,13 +57,16 @@ fn bench(c: &mut Criterion) {
     let svc = snap.services.values().next().unwrap().clone();
     let mut g = c.benchmark_group("route");
     g.throughput(Throughput::Elements(1));
+    let (get, headers) = (Method::GET, request_headers("tenant-1"));
     g.bench_function("route/match_and_pick", |b| {
         let mut draw = 0u32;
         b.iter(|| {
             draw = draw.wrapping_add(7);
-            black_box(route::route(&svc, black_box("/reviews/1?x=y"), draw).unwrap())
+            let view = RequestView::new(&get, black_box("/reviews/1?x=y"), &headers);
+            black_box(route::route(&svc, "default", &view, draw).unwrap().rule)
         })
     });
+    route_match(&mut g);
     g.finish();
 
     let mut g = c.benchmark_group("snapshot");
@@ -58,5 +79,153 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// Rule `i` of a table of many: an exact path, a prefix, or a prefix with a header match, in turn; each from
+/// its own route (oldest first), so precedence has every tie-breaker to apply.
+fn rule(i: usize) -> (RouteMatch, Origin, usize) {
+    let (path, headers) = match i % 3 {
+        0 => (PathMatch::Exact(format!("/svc{i}/exact")), vec![]),
+        1 => (PathMatch::Prefix(format!("/svc{i}/api")), vec![]),
+        _ => (
+            PathMatch::Prefix(format!("/svc{i}")),
+            vec![HeaderMatch {
+                name: HeaderName::from_static("x-tenant"),
+                value: StringMatch::Exact(format!("tenant-{i}")),
+            }],
+        ),
+    };
+    let m = RouteMatch {
+        path,
+        method: (i % 4 < 2).then_some(Method::GET),
+        headers,
+        query: vec![],
+    };
+    let origin = Origin {
+        created: Some(format!("2025-01-01T00:00:{:02}Z", i % 60)),
+        route: format!("default/route-{i:05}"),
+        rule: 0,
+        match_index: 0,
+    };
+    (m, origin, i)
+}
+
+/// The last header-matched rule of a table of `n` (the request that selects it sends its tenant header).
+fn last_header_rule(n: usize) -> usize {
+    (0..n).rev().find(|i| i % 3 == 2).expect("n >= 3")
+}
+
+fn request_headers(tenant: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert("user-agent", HeaderValue::from_static("curl/8.5.0"));
+    h.insert("accept", HeaderValue::from_static("*/*"));
+    h.insert(
+        "x-request-id",
+        HeaderValue::from_static("4bf92f3577b34da6a3ce929d0e0e4736"),
+    );
+    h.insert("x-tenant", HeaderValue::from_str(tenant).unwrap());
+    h
+}
+
+/// A table of `n` rules with its hit and miss requests, checked once.
+struct Table {
+    table: MatchTable,
+    hit: (String, HeaderMap),
+    miss: (String, HeaderMap),
+}
+
+impl Table {
+    fn new(n: usize) -> Table {
+        let table = MatchTable::new((0..n).map(rule).collect());
+        let hit_rule = last_header_rule(n);
+        let hit = (
+            format!("/svc{hit_rule}/items/42?page=2"),
+            request_headers(&format!("tenant-{hit_rule}")),
+        );
+        let miss = (
+            format!("/svc{}/api/items?page=2", n + 7),
+            request_headers("tenant-none"),
+        );
+        let t = Table { table, hit, miss };
+        assert_eq!(
+            t.find(&t.hit),
+            Some(hit_rule),
+            "the hit request selects rule {hit_rule}"
+        );
+        assert_eq!(t.find(&t.miss), None, "the miss request matches nothing");
+        t
+    }
+
+    fn find(&self, (path, headers): &(String, HeaderMap)) -> Option<usize> {
+        let req = RequestView::new(&Method::GET, black_box(path), headers);
+        self.table.find(&req).map(|(rule, _)| rule)
+    }
+}
+
+fn route_match(g: &mut BenchmarkGroup<'_, WallTime>) {
+    for n in [10usize, 1_000, 10_000] {
+        // Built on first use, so filtering on other benches does not build (or need) the tables.
+        let table = OnceCell::new();
+        g.bench_function(format!("match_{n}/hit"), |b| {
+            let t = table.get_or_init(|| Table::new(n));
+            b.iter(|| black_box(t.find(&t.hit)))
+        });
+        g.bench_function(format!("match_{n}/miss"), |b| {
+            let t = table.get_or_init(|| Table::new(n));
+            b.iter(|| black_box(t.find(&t.miss)))
+        });
+    }
+}
+
+fn filters(c: &mut Criterion) {
+    let mut g = c.benchmark_group("filters");
+    g.throughput(Throughput::Elements(1));
+
+    let strings = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    };
+    let modifier = HeaderModifier::compile(
+        &strings(&[("x-env", "canary"), ("x-tenant", "rewritten")]),
+        &strings(&[("x-trace", "1"), ("accept", "application/json")]),
+        &["x-debug".to_string()],
+    )
+    .unwrap();
+    let mut headers = request_headers("tenant-1");
+    headers.insert("x-debug", HeaderValue::from_static("true"));
+    g.bench_function("header_modifier_apply", |b| {
+        b.iter_batched_ref(
+            || headers.clone(),
+            |h| modifier.apply(black_box(h)),
+            BatchSize::SmallInput,
+        )
+    });
+
+    let redirect = Redirect::new(
+        Some("https".into()),
+        None,
+        None,
+        Some(PathModifier::Prefix("/v2".into())),
+        Some(301),
+    )
+    .unwrap();
+    let parts = RequestParts {
+        scheme: "http",
+        host: "reviews.default.svc.cluster.local",
+        port: Some(9080),
+        path: "/v1/reviews/1",
+        query: Some("lang=en"),
+    };
+    g.bench_function("redirect_location", |b| {
+        b.iter(|| black_box(redirect.location(black_box(&parts), Some("/v1"))))
+    });
+
+    let rewrite = UrlRewrite::new(None, Some(PathModifier::Prefix("/".into()))).unwrap();
+    g.bench_function("rewrite_apply_path", |b| {
+        b.iter(|| black_box(rewrite.apply_path(black_box("/api/reviews/1?lang=en"), Some("/api"))))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, filters);
 criterion_main!(benches);

@@ -6,6 +6,7 @@
 //! (HBONE out through the relay, or plain TCP). [`error`] is the one place failures become responses.
 //! [`server`] wires it together; [`demo`] runs a whole mesh on loopback.
 
+pub mod admin;
 pub mod demo;
 pub mod downstream;
 pub mod error;
@@ -16,4 +17,5 @@ pub mod route;
 pub mod routes;
 pub mod server;
 pub mod snapshot;
+pub mod testbed;
 pub mod upstream;

@@ -1,4 +1,5 @@
-//! The `waypoint` binary: `run` a waypoint, `demo` a whole mesh on loopback, `certs` for a development CA.
+//! The `waypoint` binary: `run` a waypoint, `demo` a whole mesh on loopback, `certs` for a development CA,
+//! `check` a manifests directory's routes (their status, as a Gateway API controller would write it).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -53,6 +54,23 @@ enum Cmd {
         key: PathBuf,
         #[arg(long, env = "WP_CA")]
         ca: PathBuf,
+        /// The admin endpoint (config dump, route status); loopback only. `off` to disable.
+        #[arg(long, default_value = "127.0.0.1:15000")]
+        admin: String,
+    },
+    /// Print every route's status per parent (Accepted, ResolvedRefs); exit 1 when any is False, 2 when the
+    /// manifests do not load.
+    Check {
+        #[arg(long)]
+        manifests: PathBuf,
+        /// Judge as this waypoint only (`namespace/name`); default: every waypoint in the manifests.
+        #[arg(long)]
+        gateway: Option<String>,
+        #[arg(long, default_value = DEFAULT_TRUST_DOMAIN)]
+        trust_domain: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Create a development CA (if absent) and certificates for the given identities (`ns/sa`).
     Certs {
@@ -72,6 +90,15 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     let cli = Cli::parse();
+    if let Cmd::Check {
+        manifests,
+        gateway,
+        trust_domain,
+        json,
+    } = &cli.cmd
+    {
+        std::process::exit(check(manifests, gateway.as_deref(), trust_domain, *json)?);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -95,7 +122,12 @@ fn main() -> anyhow::Result<()> {
                 cert,
                 key,
                 ca,
+                admin,
             } => {
+                let admin = match admin.as_str() {
+                    "off" => None,
+                    a => Some(a.parse().map_err(|_| anyhow::anyhow!("--admin must be ip:port or off"))?),
+                };
                 let (namespace, name) = gateway
                     .split_once('/')
                     .ok_or_else(|| anyhow::anyhow!("--gateway must be namespace/name"))?;
@@ -112,12 +144,14 @@ fn main() -> anyhow::Result<()> {
                     trust_domain,
                     listen,
                     hbone_port,
+                    admin,
                 };
                 let wp = Waypoint::start(cfg, certs).await?;
                 wait_for_signal().await;
                 wp.shutdown(std::time::Duration::from_secs(10)).await;
                 Ok(())
             }
+            Cmd::Check { .. } => unreachable!("handled before the runtime starts"),
             Cmd::Certs {
                 out,
                 trust_domain,
@@ -144,6 +178,37 @@ fn main() -> anyhow::Result<()> {
             }
         }
     })
+}
+
+/// `waypoint check`: the exit code (0 all True, 1 some False, 2 the manifests do not load).
+fn check(
+    dir: &std::path::Path,
+    gateway: Option<&str>,
+    trust_domain: &str,
+    json: bool,
+) -> anyhow::Result<i32> {
+    let gateway = match gateway {
+        None => None,
+        Some(g) => {
+            let (namespace, name) = g
+                .split_once('/')
+                .ok_or_else(|| anyhow::anyhow!("--gateway must be namespace/name"))?;
+            Some(GatewayRef {
+                namespace: namespace.into(),
+                name: name.into(),
+            })
+        }
+    };
+    match waypoint::routes::status::check(dir, gateway, trust_domain, json) {
+        Ok((text, ok)) => {
+            print!("{text}");
+            Ok(if ok { 0 } else { 1 })
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(2)
+        }
+    }
 }
 
 async fn wait_for_signal() {

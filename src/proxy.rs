@@ -1,29 +1,38 @@
 //! The L7 stages on Pingora's `ProxyHttp` hooks. Each hook is a few lines calling a plain function:
 //!
-//! identify ([`conn_info`]: caller identity and destination from HBONE) → route ([`route::route`]: rule and
-//! weighted backend) → balance ([`Backend::next_endpoint`]) → rewrite (caller identity in
-//! `x-forwarded-client-cert`, never trusted from the client) → forward ([`upstream::peer`]: HBONE or TCP) →
-//! observe (counters). Failures from any stage meet at one boundary, [`respond_error`].
+//! identify ([`conn_info`]: caller identity and destination from HBONE) → validate ([`validate`]) → route
+//! ([`route::route`]: rule by match precedence, weighted backend; consumer routes by the caller's namespace) →
+//! redirect (answered here) or mirror ([`crate::mirror`]) → balance ([`Backend::next_endpoint`], a different
+//! endpoint on each try) → rewrite (URL rewrite, header modifiers, caller identity in
+//! `x-forwarded-client-cert`, never trusted from the client) → forward ([`upstream::peer`]: HBONE or TCP,
+//! h1 or h2c, per-try timeout) → retry ([`crate::retry`]) → observe. Failures meet at one boundary,
+//! [`respond_error`].
 //!
 //! The config snapshot is loaded once per request into the context, so a request never mixes two generations.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use mesh::config::Live;
 use mesh::identity::Identity;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
-use pingora::{Error, Result};
+use pingora::{Error, ErrorType, Result};
+use waypoint_filters::{HeaderModifier, RequestParts};
 
 use crate::downstream::{conn_info, ConnInfo};
 use crate::error::{classify, ProxyError};
+use crate::mirror::{self, Mirrors};
+use crate::retry::{self, Attempts, Failure};
 use crate::route;
-use crate::snapshot::{Backend, ServiceRoutes, Snapshot};
+use crate::routes::compile::{AppProtocol, Rule, RouteTable};
+use crate::routes::matching::RequestView;
+use crate::snapshot::{Backend, Snapshot};
 use crate::upstream;
 
 /// Counters of the proxy (a first slice of the telemetry).
@@ -31,6 +40,7 @@ use crate::upstream;
 pub struct Stats {
     pub requests: AtomicU64,
     pub local_replies: AtomicU64,
+    pub retries: AtomicU64,
 }
 
 /// The waypoint's `ProxyHttp`.
@@ -41,23 +51,46 @@ pub struct WaypointProxy {
     /// This waypoint's own identity (the `By=` of `x-forwarded-client-cert`).
     pub identity: Identity,
     pub stats: Arc<Stats>,
+    pub mirrors: Arc<Mirrors>,
+}
+
+/// The rule and backend chosen for a request.
+struct Chosen {
+    table: Arc<RouteTable>,
+    rule: usize,
+    backend: usize,
+    /// The `PathPrefix` that matched, for `ReplacePrefixMatch` rewrites.
+    matched_prefix: Option<String>,
+}
+
+impl Chosen {
+    fn rule(&self) -> &Rule {
+        &self.table.rules[self.rule]
+    }
+    fn backend(&self) -> &Backend {
+        &self.rule().backends[self.backend]
+    }
+}
+
+/// Mirror copies waiting for the request body.
+struct PendingMirrors {
+    copy: mirror::Copy,
+    targets: Vec<(crate::snapshot::Upstream, AppProtocol)>,
+    body: BytesMut,
+    too_big: bool,
 }
 
 /// Per-request state.
 pub struct RequestCtx {
     snapshot: Arc<Snapshot>,
     conn: Option<Arc<ConnInfo>>,
-    /// The service, and the (rule, backend) chosen for this request.
-    route: Option<(Arc<ServiceRoutes>, usize, usize)>,
+    chosen: Option<Chosen>,
+    attempts: Attempts,
+    /// Set when a response status asked for a retry (read by `error_while_proxy`).
+    retry_status: Option<u16>,
+    mirrors: Option<PendingMirrors>,
     /// The first error of this request, with its precise cause (preferred over Pingora's classification).
     error: Option<ProxyError>,
-}
-
-impl RequestCtx {
-    fn backend(&self) -> Option<&Backend> {
-        let (svc, rule, b) = self.route.as_ref()?;
-        Some(&svc.rules[*rule].backends[*b])
-    }
 }
 
 /// Stage "validate": framing a proxy must not pass on. A request with both `Content-Length` and
@@ -81,23 +114,79 @@ fn has_content_length(head: &[u8]) -> bool {
         .any(|line| line.len() > 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
 }
 
-/// Stage "identify + route": everything decided before the upstream is known.
-fn decide(
-    snapshot: &Snapshot,
-    conn: Option<&ConnInfo>,
-    req: &RequestHeader,
-) -> Result<(Arc<ServiceRoutes>, usize, usize), ProxyError> {
-    let conn = conn.ok_or(ProxyError::Internal)?;
-    let svc = snapshot
-        .service(conn.destination)
-        .ok_or(ProxyError::NotServed)?;
-    let (rule, backend) = route::route(svc, req.uri.path(), fastrand::u32(..))?;
-    Ok((svc.clone(), rule, backend))
+/// Stage "route": the service, rule and backend for this request.
+fn decide(snapshot: &Snapshot, conn: &ConnInfo, req: &RequestHeader) -> Result<Chosen, ProxyError> {
+    let table = snapshot.service(conn.destination).ok_or(ProxyError::NotServed)?;
+    let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    let view = RequestView::new(&req.method, pq, &req.headers);
+    let routed = route::route(table, &conn.peer_identity.namespace, &view, fastrand::u32(..))?;
+    Ok(Chosen {
+        table: table.clone(),
+        rule: routed.rule,
+        backend: routed.backend.unwrap_or(usize::MAX),
+        matched_prefix: routed.matched_prefix.map(str::to_string),
+    })
+}
+
+/// The request's host and explicit port (from `Host`, else the URI authority).
+fn host_and_port(req: &RequestHeader) -> (&str, Option<u16>) {
+    let host = req
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    match host.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && !h.ends_with(':') => match p.parse() {
+            Ok(port) => (h, Some(port)),
+            Err(_) => (host, None),
+        },
+        _ => (host, None),
+    }
 }
 
 /// The `x-forwarded-client-cert` value naming the verified caller.
 pub fn xfcc(by: &Identity, caller: &Identity) -> String {
     format!("By={by};URI={caller}")
+}
+
+/// Pingora's request and response headers, modified through their own methods (which keep the HTTP/1
+/// header-case map in step).
+trait Headers {
+    fn remove(&mut self, name: &http::HeaderName);
+    fn set(&mut self, name: http::HeaderName, value: http::HeaderValue);
+    fn add(&mut self, name: http::HeaderName, value: http::HeaderValue);
+}
+
+macro_rules! headers_impl {
+    ($t:ty) => {
+        impl Headers for $t {
+            fn remove(&mut self, name: &http::HeaderName) {
+                self.remove_header(name);
+            }
+            fn set(&mut self, name: http::HeaderName, value: http::HeaderValue) {
+                let _ = self.insert_header(name, value);
+            }
+            fn add(&mut self, name: http::HeaderName, value: http::HeaderValue) {
+                let _ = self.append_header(name, value);
+            }
+        }
+    };
+}
+headers_impl!(RequestHeader);
+headers_impl!(ResponseHeader);
+
+/// Applies a header modifier (remove, then set, then add, as [`HeaderModifier::apply`] does).
+fn modify(m: &HeaderModifier, h: &mut impl Headers) {
+    for name in &m.remove {
+        h.remove(name);
+    }
+    for (name, value) in &m.set {
+        h.set(name.clone(), value.clone());
+    }
+    for (name, value) in &m.add {
+        h.add(name.clone(), value.clone());
+    }
 }
 
 /// The error boundary: writes `err` as the response (status + `x-waypoint-error` flag). Returns the status.
@@ -119,6 +208,73 @@ pub async fn respond_error(session: &mut Session, err: &ProxyError) -> u16 {
     status
 }
 
+/// Answers a `RequestRedirect`.
+async fn respond_redirect(session: &mut Session, chosen: &Chosen) -> Result<bool> {
+    let Some(redirect) = &chosen.rule().filters.redirect else {
+        return Ok(false);
+    };
+    let req = session.req_header();
+    let (host, port) = host_and_port(req);
+    let parts = RequestParts {
+        scheme: "http",
+        host,
+        port,
+        path: req.uri.path(),
+        query: req.uri.query(),
+    };
+    let location = redirect.location(&parts, chosen.matched_prefix.as_deref());
+    let mut resp = ResponseHeader::build(redirect.status, Some(2))?;
+    resp.insert_header(http::header::LOCATION, location)?;
+    resp.insert_header(http::header::CONTENT_LENGTH, "0")?;
+    if let Some(m) = &chosen.rule().filters.response_headers {
+        modify(m, &mut resp);
+    }
+    session.write_response_header(Box::new(resp), true).await?;
+    Ok(true)
+}
+
+impl WaypointProxy {
+    /// Picks the rule's mirrors for this request; sends them now when the request has no body.
+    fn start_mirrors(&self, session: &mut Session, chosen: &Chosen) -> Option<PendingMirrors> {
+        let mirrors = &chosen.rule().filters.mirrors;
+        if mirrors.is_empty() {
+            return None;
+        }
+        let targets: Vec<_> = mirrors
+            .iter()
+            .filter(|m| m.fraction.selected(fastrand::u32(..1_000_000)))
+            .filter_map(|m| m.backend.next_endpoint().map(|up| (up.clone(), m.backend.protocol)))
+            .collect();
+        if targets.is_empty() {
+            return None;
+        }
+        let req = session.req_header();
+        let copy = mirror::Copy {
+            method: req.method.clone(),
+            path_and_query: req.uri.path_and_query().map_or("/", |p| p.as_str()).to_string(),
+            headers: req.headers.clone(),
+            body: Bytes::new(),
+        };
+        let pending = PendingMirrors { copy, targets, body: BytesMut::new(), too_big: false };
+        if session.is_body_empty() {
+            self.flush_mirrors(pending);
+            return None;
+        }
+        Some(pending)
+    }
+
+    fn flush_mirrors(&self, p: PendingMirrors) {
+        if p.too_big {
+            self.mirrors.stats.dropped.fetch_add(p.targets.len() as u64, Ordering::Relaxed);
+            return;
+        }
+        let copy = mirror::Copy { body: p.body.freeze(), ..p.copy };
+        for (up, protocol) in p.targets {
+            self.mirrors.send(up, protocol, copy.clone());
+        }
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for WaypointProxy {
     type CTX = RequestCtx;
@@ -127,7 +283,10 @@ impl ProxyHttp for WaypointProxy {
         RequestCtx {
             snapshot: self.live.load(),
             conn: None,
-            route: None,
+            chosen: None,
+            attempts: Attempts { tries: 0, deadline: None },
+            retry_status: None,
+            mirrors: None,
             error: None,
         }
     }
@@ -139,64 +298,182 @@ impl ProxyHttp for WaypointProxy {
             .req_header()
             .headers
             .contains_key(http::header::TRANSFER_ENCODING)
-            .then(|| {
-                session
-                    .as_downstream()
-                    .as_http1()
-                    .map(|h1| h1.get_headers_raw_bytes())
-            })
+            .then(|| session.as_downstream().as_http1().map(|h1| h1.get_headers_raw_bytes()))
             .flatten();
-        if let Err(e) = validate(session.req_header(), raw.as_deref()) {
-            self.stats.local_replies.fetch_add(1, Ordering::Relaxed);
-            respond_error(session, &e).await;
-            return Ok(true);
-        }
-        match decide(&ctx.snapshot, ctx.conn.as_deref(), session.req_header()) {
-            Ok(r) => {
-                ctx.route = Some(r);
-                Ok(false)
-            }
+        let decided = validate(session.req_header(), raw.as_deref()).and_then(|()| {
+            let conn = ctx.conn.as_deref().ok_or(ProxyError::Internal)?;
+            decide(&ctx.snapshot, conn, session.req_header())
+        });
+        let chosen = match decided {
+            Ok(c) => c,
             Err(e) => {
                 self.stats.local_replies.fetch_add(1, Ordering::Relaxed);
                 respond_error(session, &e).await;
-                Ok(true)
+                return Ok(true);
             }
+        };
+        if respond_redirect(session, &chosen).await? {
+            self.stats.local_replies.fetch_add(1, Ordering::Relaxed);
+            return Ok(true);
         }
+        ctx.attempts = Attempts::start(&chosen.rule().timeouts, Instant::now());
+        ctx.mirrors = self.start_mirrors(session, &chosen);
+        ctx.chosen = Some(chosen);
+        Ok(false)
     }
 
-    async fn upstream_peer(
+    async fn request_body_filter(
         &self,
         _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
-    ) -> Result<Box<HttpPeer>> {
-        let backend = ctx
-            .backend()
-            .ok_or_else(|| ProxyError::Internal.into_pingora())?;
-        match backend.next_endpoint() {
-            Some(up) => Ok(upstream::peer(up, &self.relay)),
-            None => {
-                let e = ProxyError::NoHealthyUpstream(backend.name.clone());
-                ctx.error = Some(e.clone());
-                Err(e.into_pingora())
+    ) -> Result<()> {
+        if let Some(p) = ctx.mirrors.as_mut() {
+            if let Some(b) = body {
+                if p.body.len() + b.len() > mirror::MAX_BODY {
+                    p.too_big = true;
+                } else if !p.too_big {
+                    p.body.extend_from_slice(b);
+                }
+            }
+            if end_of_stream {
+                let p = ctx.mirrors.take().expect("checked");
+                self.flush_mirrors(p);
             }
         }
+        Ok(())
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let chosen = ctx.chosen.as_ref().ok_or_else(|| ProxyError::Internal.into_pingora())?;
+        let rule = chosen.rule();
+        ctx.attempts.tries += 1;
+        if ctx.attempts.tries > 1 {
+            self.stats.retries.fetch_add(1, Ordering::Relaxed);
+            if let Some(p) = &rule.retry {
+                tokio::time::sleep(retry::backoff(p, ctx.attempts.tries, fastrand::u32(..))).await;
+            }
+        }
+        let timeout = match retry::try_timeout(&rule.timeouts, &ctx.attempts, Instant::now()) {
+            Ok(t) => t,
+            Err(e) => {
+                ctx.error = Some(e.clone());
+                return Err(e.into_pingora());
+            }
+        };
+        let backend = chosen.backend();
+        let Some(up) = backend.next_endpoint() else {
+            let e = ProxyError::NoHealthyUpstream(backend.name.clone());
+            ctx.error = Some(e.clone());
+            return Err(e.into_pingora());
+        };
+        let mut peer = upstream::peer(up, &self.relay);
+        if backend.protocol == AppProtocol::H2c {
+            peer.options.set_http_version(2, 2);
+            peer.options.max_h2_streams = 100;
+        }
+        if let Some(t) = timeout {
+            peer.options.connection_timeout = Some(t);
+            peer.options.total_connection_timeout = Some(t);
+            peer.options.read_timeout = Some(t);
+            peer.options.write_timeout = Some(t);
+        }
+        Ok(peer)
     }
 
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         req: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(conn) = &ctx.conn {
-            req.insert_header(
-                "x-forwarded-client-cert",
-                xfcc(&self.identity, &conn.peer_identity),
-            )?;
-        } else {
-            req.remove_header("x-forwarded-client-cert");
+        match &ctx.conn {
+            Some(conn) => req.insert_header("x-forwarded-client-cert", xfcc(&self.identity, &conn.peer_identity))?,
+            None => {
+                req.remove_header("x-forwarded-client-cert");
+            }
+        }
+        let Some(chosen) = &ctx.chosen else { return Ok(()) };
+        let (rule, backend) = (chosen.rule(), chosen.backend());
+        for f in [&rule.filters, &backend.filters] {
+            if let Some(m) = &f.request_headers {
+                modify(m, req);
+            }
+            if let Some(rw) = &f.rewrite {
+                if let Some(host) = &rw.hostname {
+                    req.insert_header(http::header::HOST, host.as_str())?;
+                }
+                let pq = session.req_header().uri.path_and_query().map_or("/", |p| p.as_str());
+                if let Some(new) = rw.apply_path(pq, chosen.matched_prefix.as_deref()) {
+                    req.set_uri(new.parse().map_err(|_| ProxyError::Internal.into_pingora())?);
+                }
+            }
         }
         Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(chosen) = &ctx.chosen else { return Ok(()) };
+        let status = resp.status.as_u16();
+        let replayable = !session.as_ref().retry_buffer_truncated();
+        let idempotent = session.req_header().method.is_idempotent();
+        let failure = Failure::Status(status);
+        if retry::should_retry(chosen.rule().retry.as_ref(), &ctx.attempts, failure, idempotent, replayable, Instant::now()) {
+            ctx.retry_status = Some(status);
+            let mut e = Error::explain(ErrorType::HTTPStatus(status), "retrying on the response status");
+            e.set_retry(true);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+        let Some(chosen) = &ctx.chosen else { return Ok(()) };
+        for f in [&chosen.rule().filters, &chosen.backend().filters] {
+            if let Some(m) = &f.response_headers {
+                modify(m, resp);
+            }
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(&self, session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+        let policy = ctx.chosen.as_ref().and_then(|c| c.rule().retry.as_ref());
+        let replayable = !session.as_ref().retry_buffer_truncated();
+        let retry = retry::should_retry(policy, &ctx.attempts, Failure::Connect, true, replayable, Instant::now());
+        e.set_retry(retry);
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if ctx.retry_status.take().is_some() {
+            e.set_retry(true);
+            return e;
+        }
+        let failure = match classify(&e) {
+            ProxyError::ConnectFailure => Failure::Connect,
+            ProxyError::Timeout => Failure::Timeout,
+            _ => Failure::ResetBeforeResponse,
+        };
+        let policy = ctx.chosen.as_ref().and_then(|c| c.rule().retry.as_ref());
+        let replayable = !session.as_ref().retry_buffer_truncated() && session.response_written().is_none();
+        let idempotent = session.req_header().method.is_idempotent();
+        e.set_retry(retry::should_retry(policy, &ctx.attempts, failure, idempotent, replayable, Instant::now()));
+        e
     }
 
     /// A client closing its keep-alive connection between requests is routine, not an error worth logging.
@@ -204,20 +481,12 @@ impl ProxyHttp for WaypointProxy {
         classify(e) == ProxyError::DownstreamGone
     }
 
-    async fn fail_to_proxy(
-        &self,
-        session: &mut Session,
-        e: &Error,
-        ctx: &mut RequestCtx,
-    ) -> FailToProxy {
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
         let err = ctx.error.take().unwrap_or_else(|| classify(e));
         tracing::debug!(error = %e, flag = err.flag(), "request failed");
         self.stats.local_replies.fetch_add(1, Ordering::Relaxed);
         let code = respond_error(session, &err).await;
-        FailToProxy {
-            error_code: code,
-            can_reuse_downstream: false,
-        }
+        FailToProxy { error_code: code, can_reuse_downstream: false }
     }
 }
 
@@ -239,10 +508,20 @@ mod tests {
         assert_eq!(validate(&both, None), Err(ProxyError::BadRequest));
         let mut cl = RequestHeader::build("POST", b"/", None).unwrap();
         cl.insert_header("content-length", "4").unwrap();
-        assert_eq!(
-            validate(&cl, Some(cl_raw)),
-            Ok(()),
-            "no Transfer-Encoding: nothing to check"
-        );
+        assert_eq!(validate(&cl, Some(cl_raw)), Ok(()), "no Transfer-Encoding: nothing to check");
+    }
+
+    #[test]
+    fn host_and_port_from_host_header() {
+        for (host, want) in [
+            ("reviews", ("reviews", None)),
+            ("reviews:9080", ("reviews", Some(9080))),
+            ("[::1]:80", ("[::1]", Some(80))),
+            ("", ("", None)),
+        ] {
+            let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+            req.insert_header("host", host).unwrap();
+            assert_eq!(host_and_port(&req), want, "{host}");
+        }
     }
 }

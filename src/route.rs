@@ -1,17 +1,21 @@
-//! Routing decisions, as pure functions over the compiled [`ServiceRoutes`]: which rule a request matches and
-//! which weighted backend it goes to. No I/O, no clock: the random draw is passed in, so tables test them.
+//! Routing decisions, as pure functions over a compiled [`RouteTable`]: which rule a request matches (for its
+//! caller's namespace) and which weighted backend it goes to. No I/O, no clock: the random draw is passed in, so
+//! tables test them.
 
 use crate::error::ProxyError;
-use crate::snapshot::{Backend, ServiceRoutes};
+use crate::routes::compile::RouteTable;
+use crate::routes::matching::{PathMatch, RequestView};
+use crate::snapshot::Backend;
 
-/// The rule index matching `path` (the request path without its query), first match in precedence order.
-pub fn match_rule(svc: &ServiceRoutes, path: &str) -> Result<usize, ProxyError> {
-    let path = path.split_once('?').map_or(path, |(p, _)| p);
-    svc.matches
-        .iter()
-        .find(|(m, _)| m.matches(path))
-        .map(|(_, rule)| *rule)
-        .ok_or(ProxyError::NoRoute)
+/// Where a request goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Routed<'a> {
+    /// Index into `table.rules`.
+    pub rule: usize,
+    /// Index into the rule's `backends`; `None` when the rule redirects (the waypoint answers itself).
+    pub backend: Option<usize>,
+    /// The `PathPrefix` that matched, for `ReplacePrefixMatch` (redirect or rewrite).
+    pub matched_prefix: Option<&'a str>,
 }
 
 /// The backend index for a draw `r` in `0..total_weight` (weights are cumulative ranges; weight 0 never wins).
@@ -30,21 +34,50 @@ pub fn pick_backend(backends: &[Backend], total_weight: u32, r: u32) -> Result<u
     Err(ProxyError::NoBackend)
 }
 
-/// Routes one request: rule, then backend (a weighted draw), checking that the backend can be used.
-pub fn route(svc: &ServiceRoutes, path: &str, draw: u32) -> Result<(usize, usize), ProxyError> {
-    let rule_idx = match_rule(svc, path)?;
-    let rule = &svc.rules[rule_idx];
+/// Routes one request from a caller in `caller_namespace`: rule (404 `NoRoute` when none matches), then — unless
+/// the rule redirects — a backend by weighted `draw` (500 `NoBackend` when the rule has none, 500
+/// `InvalidBackend` when the drawn reference did not resolve).
+pub fn route<'a>(
+    table: &'a RouteTable,
+    caller_namespace: &str,
+    req: &RequestView<'_>,
+    draw: u32,
+) -> Result<Routed<'a>, ProxyError> {
+    let (rule_idx, m) = table
+        .select(caller_namespace, req)
+        .ok_or(ProxyError::NoRoute)?;
+    let matched_prefix = match &m.path {
+        PathMatch::Prefix(p) => Some(p.as_str()),
+        _ => None,
+    };
+    let rule = &table.rules[rule_idx];
+    if rule.filters.redirect.is_some() {
+        return Ok(Routed {
+            rule: rule_idx,
+            backend: None,
+            matched_prefix,
+        });
+    }
     let b = pick_backend(&rule.backends, rule.total_weight, draw)?;
     if let Some(why) = &rule.backends[b].invalid {
         return Err(ProxyError::InvalidBackend(why.clone()));
     }
-    Ok((rule_idx, b))
+    Ok(Routed {
+        rule: rule_idx,
+        backend: Some(b),
+        matched_prefix,
+    })
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
+    use http::{HeaderMap, Method};
+
     use super::*;
-    use crate::snapshot::{PathMatch, Rule};
+    use crate::routes::compile::{RouteKind, Rule, RuleFilters, Timeouts};
+    use crate::routes::matching::{MatchTable, Origin, RouteMatch};
 
     fn backend(name: &str, weight: u32, invalid: bool) -> Backend {
         Backend::new(
@@ -55,52 +88,66 @@ mod tests {
         )
     }
 
-    fn service(matches: Vec<(PathMatch, usize)>, rules: Vec<Vec<Backend>>) -> ServiceRoutes {
-        ServiceRoutes {
+    fn rule(i: usize, backends: Vec<Backend>) -> Rule {
+        Rule {
+            name: format!("rule {i}"),
+            kind: RouteKind::Http,
+            total_weight: backends.iter().map(|b| b.weight).sum(),
+            backends,
+            filters: RuleFilters::default(),
+            timeouts: Timeouts::default(),
+            retry: None,
+        }
+    }
+
+    fn table_of(matches: Vec<(PathMatch, usize)>) -> MatchTable {
+        MatchTable::new(
+            matches
+                .into_iter()
+                .enumerate()
+                .map(|(i, (path, r))| {
+                    let m = RouteMatch {
+                        path,
+                        ..RouteMatch::any()
+                    };
+                    let o = Origin {
+                        created: None,
+                        route: "default/r".into(),
+                        rule: r,
+                        match_index: i,
+                    };
+                    (m, o, r)
+                })
+                .collect(),
+        )
+    }
+
+    fn service(matches: Vec<(PathMatch, usize)>, rules: Vec<Vec<Backend>>) -> RouteTable {
+        RouteTable {
             name: "default/reviews".into(),
             hostname: "reviews.default.svc.cluster.local".into(),
-            matches,
+            producer: table_of(matches),
+            consumers: HashMap::new(),
             rules: rules
                 .into_iter()
                 .enumerate()
-                .map(|(i, backends)| Rule {
-                    name: format!("rule {i}"),
-                    total_weight: backends.iter().map(|b| b.weight).sum(),
-                    backends,
-                })
+                .map(|(i, b)| rule(i, b))
                 .collect(),
         }
     }
 
-    #[test]
-    fn path_matches() {
-        let exact = PathMatch::Exact("/a/b".into());
-        let prefix = PathMatch::Prefix("/a".into());
-        let root = PathMatch::Prefix("/".into());
-        for (m, path, want) in [
-            (&exact, "/a/b", true),
-            (&exact, "/a/b/", false),
-            (&exact, "/a", false),
-            (&prefix, "/a", true),
-            (&prefix, "/a/", true),
-            (&prefix, "/a/b/c", true),
-            (&prefix, "/ab", false),
-            (&prefix, "/", false),
-            (&root, "/", true),
-            (&root, "/anything", true),
-        ] {
-            assert_eq!(m.matches(path), want, "{m:?} vs {path}");
-        }
+    fn get<'a>(t: &'a RouteTable, ns: &str, pq: &str, draw: u32) -> Result<Routed<'a>, ProxyError> {
+        let h = HeaderMap::new();
+        route(t, ns, &RequestView::new(&Method::GET, pq, &h), draw)
     }
 
     #[test]
     fn first_match_in_precedence_order_wins_and_query_is_ignored() {
-        // As compiled: exact first, then longer prefixes.
         let svc = service(
             vec![
+                (PathMatch::prefix("/"), 2),
+                (PathMatch::prefix("/api"), 1),
                 (PathMatch::Exact("/api/v1".into()), 0),
-                (PathMatch::Prefix("/api".into()), 1),
-                (PathMatch::Prefix("/".into()), 2),
             ],
             vec![
                 vec![backend("a", 1, false)],
@@ -108,21 +155,46 @@ mod tests {
                 vec![backend("c", 1, false)],
             ],
         );
-        for (path, rule) in [
-            ("/api/v1", 0),
-            ("/api/v1?x=1", 0),
-            ("/api/v1/x", 1),
-            ("/api", 1),
-            ("/apix", 2),
-            ("/", 2),
+        for (path, rule, prefix) in [
+            ("/api/v1", 0, None),
+            ("/api/v1?x=1", 0, None),
+            ("/api/v1/x", 1, Some("/api")),
+            ("/api", 1, Some("/api")),
+            ("/apix", 2, Some("/")),
+            ("/", 2, Some("/")),
         ] {
-            assert_eq!(match_rule(&svc, path), Ok(rule), "{path}");
+            let r = get(&svc, "default", path, 0).unwrap();
+            assert_eq!(
+                (r.rule, r.backend, r.matched_prefix),
+                (rule, Some(0), prefix),
+                "{path}"
+            );
         }
         let none = service(
             vec![(PathMatch::Exact("/only".into()), 0)],
             vec![vec![backend("a", 1, false)]],
         );
-        assert_eq!(match_rule(&none, "/other"), Err(ProxyError::NoRoute));
+        assert_eq!(get(&none, "default", "/other", 0), Err(ProxyError::NoRoute));
+        assert_eq!(ProxyError::NoRoute.status(), 404);
+    }
+
+    #[test]
+    fn consumer_routes_replace_producer_routes_for_their_namespace() {
+        let mut svc = service(
+            vec![(PathMatch::prefix("/"), 0)],
+            vec![
+                vec![backend("producer", 1, false)],
+                vec![backend("consumer", 1, false)],
+            ],
+        );
+        svc.consumers.insert(
+            "frontend".into(),
+            table_of(vec![(PathMatch::Exact("/x".into()), 1)]),
+        );
+        assert_eq!(get(&svc, "default", "/x", 0).unwrap().rule, 0);
+        assert_eq!(get(&svc, "frontend", "/x", 0).unwrap().rule, 1);
+        // The consumer table replaces the producer's: no fallback to it.
+        assert_eq!(get(&svc, "frontend", "/y", 0), Err(ProxyError::NoRoute));
     }
 
     #[test]
@@ -156,17 +228,19 @@ mod tests {
     }
 
     #[test]
-    fn an_invalid_backend_answers_500_for_its_share() {
+    fn no_backend_and_invalid_backends_answer_500_for_their_share() {
         let svc = service(
-            vec![(PathMatch::Prefix("/".into()), 0)],
-            vec![vec![
-                backend("good", 50, false),
-                backend("missing", 50, true),
-            ]],
+            vec![(PathMatch::prefix("/"), 0), (PathMatch::prefix("/none"), 1)],
+            vec![
+                vec![backend("good", 50, false), backend("missing", 50, true)],
+                vec![],
+            ],
         );
-        assert_eq!(route(&svc, "/", 10), Ok((0, 0)));
-        let err = route(&svc, "/", 60).unwrap_err();
+        assert_eq!(get(&svc, "default", "/", 10).unwrap().backend, Some(0));
+        let err = get(&svc, "default", "/", 60).unwrap_err();
         assert_eq!(err.status(), 500);
         assert!(matches!(err, ProxyError::InvalidBackend(_)));
+        let err = get(&svc, "default", "/none", 0).unwrap_err();
+        assert_eq!((err.clone(), err.status()), (ProxyError::NoBackend, 500));
     }
 }

@@ -15,7 +15,9 @@ use pingora::server::configuration::ServerConf;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::admin::AdminState;
 use crate::downstream::Inbound;
+use crate::mirror::Mirrors;
 use crate::proxy::{Stats, WaypointProxy};
 use crate::snapshot::{compile, Snapshot, WaypointSpec};
 use crate::upstream::Relay;
@@ -32,6 +34,8 @@ pub struct WaypointConfig {
     pub listen: SocketAddr,
     /// The HBONE port dialled on endpoints.
     pub hbone_port: u16,
+    /// The admin endpoint (loopback only), when wanted.
+    pub admin: Option<SocketAddr>,
 }
 
 /// A running waypoint.
@@ -40,6 +44,8 @@ pub struct Waypoint {
     live: Arc<Live<Snapshot>>,
     pool: Pool,
     stats: Arc<Stats>,
+    mirrors: Arc<Mirrors>,
+    admin: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
     shutdown: watch::Sender<bool>,
     serve: tokio::task::JoinHandle<()>,
     _relay: Relay,
@@ -70,11 +76,27 @@ impl Waypoint {
         let relay =
             Relay::start(pool.clone(), certs.clone()).context("starting the HBONE relay")?;
         let stats = Arc::new(Stats::default());
+        let mirrors = Arc::new(Mirrors::new(relay.path().to_path_buf()));
         let proxy = WaypointProxy {
             live: live.clone(),
             relay: relay.path().to_path_buf(),
             identity: certs.identity(),
             stats: stats.clone(),
+            mirrors: mirrors.clone(),
+        };
+        let admin = match cfg.admin {
+            Some(addr) => {
+                let listener = crate::admin::bind(addr).await.with_context(|| format!("binding admin {addr}"))?;
+                let admin_addr = listener.local_addr()?;
+                let state = Arc::new(AdminState {
+                    live: live.clone(),
+                    manifests: cfg.manifests.clone(),
+                    trust_domain: cfg.trust_domain.clone(),
+                    spec: spec.clone(),
+                });
+                Some((admin_addr, tokio::spawn(crate::admin::serve(listener, state))))
+            }
+            None => None,
         };
         let conf = Arc::new(ServerConf::default());
         let mut app = pingora::proxy::http_proxy(&conf, proxy);
@@ -105,6 +127,8 @@ impl Waypoint {
             live,
             pool,
             stats,
+            mirrors,
+            admin,
             shutdown,
             serve,
             _relay: relay,
@@ -126,6 +150,14 @@ impl Waypoint {
     pub fn stats(&self) -> &Arc<Stats> {
         &self.stats
     }
+    /// Mirror counters (copies sent, dropped, failed).
+    pub fn mirror_stats(&self) -> &Arc<crate::mirror::MirrorStats> {
+        &self.mirrors.stats
+    }
+    /// The admin endpoint's address, when enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|(a, _)| *a)
+    }
 
     /// Stops accepting, sends GOAWAY, and waits (at most `deadline`) for in-flight streams.
     pub async fn shutdown(self, deadline: Duration) {
@@ -133,5 +165,8 @@ impl Waypoint {
         let _ = tokio::time::timeout(deadline, self.serve).await;
         // In-flight requests are done: end the pooled upstream streams so destinations see a clean close.
         self._relay.close_streams();
+        if let Some((_, task)) = self.admin {
+            task.abort();
+        }
     }
 }

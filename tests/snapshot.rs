@@ -3,9 +3,12 @@
 
 use std::net::SocketAddr;
 
+use http::{HeaderMap, Method};
 use mesh::config::{GatewayRef, Mesh};
 use waypoint::demo::DEMO_MANIFESTS;
-use waypoint::snapshot::{compile, PathMatch, Snapshot, WaypointSpec};
+use waypoint::routes::compile::RouteTable;
+use waypoint::routes::matching::{PathMatch, RequestView};
+use waypoint::snapshot::{compile, compile_with_status, Snapshot, WaypointSpec};
 
 fn spec() -> WaypointSpec {
     WaypointSpec {
@@ -21,6 +24,24 @@ fn compiled(text: &str) -> Snapshot {
     let mesh =
         Mesh::from_documents(&[("mesh.yaml".into(), text.to_string())], "cluster.local").unwrap();
     compile(&mesh, &spec()).unwrap()
+}
+
+/// The rule index a GET of `path` from the `default` namespace selects.
+fn rule_of(table: &RouteTable, path: &str) -> Option<usize> {
+    let h = HeaderMap::new();
+    let req = RequestView::new(&Method::GET, path, &h);
+    waypoint::route::route(table, "default", &req, 0)
+        .ok()
+        .map(|r| r.rule)
+}
+
+/// A path match as text, for comparisons.
+fn show(m: &PathMatch) -> String {
+    match m {
+        PathMatch::Exact(p) => format!("Exact {p}"),
+        PathMatch::Prefix(p) => format!("Prefix {p}"),
+        PathMatch::Regex(r) => format!("Regex {}", r.as_str()),
+    }
 }
 
 const EXTRA_RULES: &str = "
@@ -100,17 +121,20 @@ fn matches_are_ordered_exact_then_longest_prefix_and_bad_refs_become_500s() {
     );
     let snap = compiled(&text);
     let svc = snap.service("127.0.0.100:9080".parse().unwrap()).unwrap();
-    let order: Vec<(PathMatch, usize)> = svc.matches.clone();
-    assert_eq!(
-        order,
-        [
-            (PathMatch::Exact("/reviews/v2".into()), 1),
-            // Equal lengths keep their declaration order.
-            (PathMatch::Prefix("/reviews".into()), 2),
-            (PathMatch::Prefix("/ratings".into()), 2),
-            (PathMatch::Prefix("/".into()), 0),
-        ]
-    );
+    let order: Vec<(String, usize)> = svc
+        .producer
+        .entries()
+        .into_iter()
+        .map(|(m, r)| (show(&m.path), r))
+        .collect();
+    let want = [
+        ("Exact /reviews/v2", 1),
+        // Equal lengths keep their declaration order.
+        ("Prefix /reviews", 2),
+        ("Prefix /ratings", 2),
+        ("Prefix /", 0),
+    ];
+    assert_eq!(order, want.map(|(m, r)| (m.to_string(), r)));
     let bad = &svc.rules[2].backends;
     assert!(bad[0].invalid.is_none());
     assert!(
@@ -138,7 +162,7 @@ fn matches_are_ordered_exact_then_longest_prefix_and_bad_refs_become_500s() {
         ("/reviewsx", 0),
         ("/", 0),
     ] {
-        assert_eq!(waypoint::route::match_rule(svc, path), Ok(rule), "{path}");
+        assert_eq!(rule_of(svc, path), Some(rule), "{path}");
     }
 }
 
@@ -153,6 +177,8 @@ fn a_service_without_routes_goes_to_its_own_endpoints_round_robin() {
     assert_eq!(svc.rules.len(), 1);
     let b = &svc.rules[0].backends[0];
     assert_eq!(b.endpoints.len(), 2, "both reviews pods");
+    assert_eq!(svc.producer.len(), 1);
+    assert_eq!(rule_of(svc, "/anything?at=all"), Some(0));
     let picks: Vec<_> = (0..4)
         .map(|_| b.next_endpoint().unwrap().addr.to_string())
         .collect();
@@ -163,6 +189,35 @@ fn a_service_without_routes_goes_to_its_own_endpoints_round_robin() {
             "127.0.0.12:8080",
             "127.0.0.11:8080",
             "127.0.0.12:8080"
+        ]
+    );
+}
+
+#[test]
+fn the_demo_route_is_accepted_with_resolved_refs() {
+    let mesh = Mesh::from_documents(
+        &[("m.yaml".into(), DEMO_MANIFESTS.to_string())],
+        "cluster.local",
+    )
+    .unwrap();
+    let (snap, statuses) = compile_with_status(&mesh, &spec()).unwrap();
+    assert_eq!(snap.statuses, statuses);
+    assert_eq!(statuses.len(), 1);
+    let s = &statuses[0];
+    assert_eq!(
+        (s.route.as_str(), s.parent.as_str()),
+        ("HTTPRoute default/reviews", "Service default/reviews:9080")
+    );
+    let conditions: Vec<_> = s
+        .conditions
+        .iter()
+        .map(|c| (c.kind.as_str(), c.status.as_str(), c.reason.as_str()))
+        .collect();
+    assert_eq!(
+        conditions,
+        [
+            ("Accepted", "True", "Accepted"),
+            ("ResolvedRefs", "True", "ResolvedRefs")
         ]
     );
 }

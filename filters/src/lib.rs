@@ -3,14 +3,24 @@
 //! A filter is compiled from the strings of a Gateway API `HTTPRoute` (`RequestHeaderModifier`,
 //! `ResponseHeaderModifier`) into `http` types, so an invalid header name or value is rejected when the config
 //! loads, naming the header, and applying it on the request path neither parses nor fails.
+//!
+//! - [`HeaderModifier`]: `RequestHeaderModifier` / `ResponseHeaderModifier`.
+//! - [`redirect`]: `RequestRedirect` ([`Redirect::location`]) and `URLRewrite` ([`UrlRewrite::apply_path`]),
+//!   with the path modifiers they share ([`PathModifier`]).
+//! - [`mirror`]: the share of requests a `RequestMirror` copies ([`MirrorFraction`]).
+//!
+//! Other filter fields are validated the same way; [`FilterError::Invalid`] names the field
+//! (`requestRedirect.statusCode`, `requestMirror.fraction.denominator`, …).
 
+pub mod mirror;
 pub mod redirect;
 
-pub use redirect::{MirrorFraction, PathModifier, Redirect, RequestParts, UrlRewrite};
+pub use mirror::MirrorFraction;
+pub use redirect::{PathModifier, Redirect, RequestParts, UrlRewrite};
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
-/// A header that cannot be compiled.
+/// A filter that cannot be compiled.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum FilterError {
     #[error("invalid header name {name:?}")]

@@ -154,6 +154,7 @@ fn compile_errors_name_the_header() {
             err.to_string().contains(match &err {
                 FilterError::InvalidName { name } | FilterError::InvalidValue { name, .. } =>
                     name.as_str(),
+                FilterError::Invalid { field, .. } => panic!("{what}: unexpected field {field}"),
             }),
             "{what}: {err}"
         );

@@ -5,14 +5,42 @@
 //!   caller's namespace replace the producer routes for that caller, per GAMMA).
 //! - A [`Rule`] carries its weighted [`crate::snapshot::Backend`]s, [`RuleFilters`], [`Timeouts`] and
 //!   [`RetryPolicy`].
+//!
+//! How a config becomes tables ([`compile_tables`]):
+//! 1. every route of either kind is read into one neutral form (`spec`);
+//! 2. each `parentRef` is resolved (`parents`): a Service bound to this waypoint (optionally one port, by `port`
+//!    or by port name in `sectionName`), or this waypoint's Gateway (all its services, subject to the listener's
+//!    `allowedRoutes`); anything else is `NoMatchingParent` / `NotAllowedByListeners`;
+//! 3. each route is compiled once (`rules`, `filters`, `backends`): matches, filters, timeouts, retry, backends
+//!    with ReferenceGrant checks. A value Kubernetes admits but the waypoint cannot honour (a filter type it
+//!    does not implement, a regex that does not compile, a header value that is not a valid HTTP value) leaves
+//!    the route out, with `Accepted=False, UnsupportedValue`; an invalid backend reference keeps the route and
+//!    answers 500 for that backend's share, with `ResolvedRefs=False` and the reason;
+//! 4. per bound Service port, the accepted routes attached to it are merged into one [`RouteTable`]: producer
+//!    routes (the Service's namespace) and Gateway routes into `producer`, consumer routes into
+//!    `consumers[route namespace]`, each ordered by the precedence in [`super::matching`]. A Service without an
+//!    accepted producer route keeps a default rule to its own endpoints.
+//!
+//! `hostnames` are not matched: GAMMA routes are selected by their parent Service, and the spec leaves
+//! `hostnames` without effect for Service parents.
 
-use std::collections::HashMap;
+mod backends;
+mod filters;
+mod parents;
+mod rules;
+mod spec;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use mesh::config::{ConfigError, Mesh, Service};
 use waypoint_filters::{HeaderModifier, MirrorFraction, Redirect, UrlRewrite};
 
-use super::matching::{MatchTable, RequestView, RouteMatch};
-use crate::snapshot::Backend;
+use super::matching::{MatchTable, Origin, RequestView, RouteMatch};
+use super::status::RouteStatus;
+use crate::snapshot::{Backend, WaypointSpec};
 
 /// The protocol spoken to the application (from the Service port's `appProtocol`, or the route kind).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -21,6 +49,24 @@ pub enum AppProtocol {
     Http1,
     /// HTTP/2 prior knowledge (`appProtocol: http2`, `grpc`, `kubernetes.io/h2c`, and GRPCRoute backends).
     H2c,
+}
+
+impl AppProtocol {
+    /// From a Service port: `appProtocol` `http2`, `grpc`, `kubernetes.io/h2c`, or else (Istio's convention) a
+    /// port name `http2`/`grpc` or starting with `http2-`/`grpc-` (not `grpc-web`, which is HTTP/1).
+    pub fn of_port(app_protocol: Option<&str>, port_name: Option<&str>) -> AppProtocol {
+        let h2 = |p: &str| matches!(p, "http2" | "grpc" | "kubernetes.io/h2c");
+        let by_name = |n: &str| {
+            let head = n.split('-').next().unwrap_or("");
+            h2(head) && !n.starts_with("grpc-web")
+        };
+        match app_protocol {
+            Some(p) if h2(p) => AppProtocol::H2c,
+            Some(_) => AppProtocol::Http1,
+            None if port_name.is_some_and(by_name) => AppProtocol::H2c,
+            None => AppProtocol::Http1,
+        }
+    }
 }
 
 /// The routes of one Service port.
@@ -51,14 +97,24 @@ impl RouteTable {
 }
 
 /// Which kind of route a rule came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum RouteKind {
     Http,
     Grpc,
 }
 
+impl RouteKind {
+    /// `HTTPRoute` or `GRPCRoute`.
+    pub fn name(self) -> &'static str {
+        match self {
+            RouteKind::Http => "HTTPRoute",
+            RouteKind::Grpc => "GRPCRoute",
+        }
+    }
+}
+
 /// One rule: where its traffic goes and what happens on the way.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Rule {
     /// `HTTPRoute namespace/name rule N` (or `GRPCRoute ...`), for logs.
     pub name: String,
@@ -71,7 +127,7 @@ pub struct Rule {
 }
 
 /// A rule's (or a backend's) filters, compiled.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct RuleFilters {
     pub request_headers: Option<HeaderModifier>,
     pub response_headers: Option<HeaderModifier>,
@@ -81,8 +137,19 @@ pub struct RuleFilters {
     pub mirrors: Vec<Mirror>,
 }
 
+impl RuleFilters {
+    /// No filter at all.
+    pub fn is_empty(&self) -> bool {
+        self.request_headers.is_none()
+            && self.response_headers.is_none()
+            && self.redirect.is_none()
+            && self.rewrite.is_none()
+            && self.mirrors.is_empty()
+    }
+}
+
 /// A `RequestMirror`: a copy of the request to another backend, fire-and-forget.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Mirror {
     pub backend: Backend,
     pub fraction: MirrorFraction,
@@ -106,4 +173,162 @@ pub struct RetryPolicy {
     pub codes: Vec<u16>,
     /// Base of the exponential backoff between tries.
     pub backoff: Option<Duration>,
+}
+
+/// Everything the compiler reads, shared by the stages.
+pub(crate) struct Cx<'a> {
+    pub mesh: &'a Mesh,
+    pub spec: &'a WaypointSpec,
+    pub grants: backends::Grants<'a>,
+}
+
+/// How an accepted route attaches to a table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Role {
+    /// The Service's own namespace, or the waypoint Gateway: all callers.
+    Producer,
+    /// Another namespace: callers from that namespace only.
+    Consumer,
+}
+
+/// The route tables of every Service port bound to this waypoint (by VIP:port), and the status of every route
+/// of the mesh for each of its parents, as seen by this waypoint.
+pub(crate) fn compile_tables(
+    mesh: &Mesh,
+    spec: &WaypointSpec,
+) -> Result<(HashMap<SocketAddr, Arc<RouteTable>>, Vec<RouteStatus>), ConfigError> {
+    let routes = spec::routes(mesh)?;
+    let cx = Cx {
+        mesh,
+        spec,
+        grants: backends::Grants::new(mesh),
+    };
+    let mut statuses = Vec::new();
+    // (service namespace, service name) → (route, port filter, section filter, role); Gateway routes apart.
+    type Attach = (usize, Option<u16>, Option<String>, Role);
+    let mut by_service: HashMap<(String, String), Vec<Attach>> = HashMap::new();
+    let mut on_gateway: Vec<usize> = Vec::new();
+    let mut compiled = Vec::with_capacity(routes.len());
+    for (ri, route) in routes.iter().enumerate() {
+        let outcomes: Vec<_> = route
+            .body
+            .parent_refs
+            .iter()
+            .map(|p| parents::resolve(&cx, route, p))
+            .collect();
+        let attached = outcomes.iter().any(|o| o.target.is_ok());
+        let c = rules::compile_route(&cx, route, attached)?;
+        let accepted = c.unsupported.is_empty();
+        for o in outcomes {
+            statuses.push(parents::status(route, &o, &c));
+            match o.target {
+                Ok(parents::Target::Gateway) if accepted => on_gateway.push(ri),
+                Ok(parents::Target::Service {
+                    namespace,
+                    name,
+                    port,
+                    section,
+                }) if accepted => {
+                    let role = if namespace == route.namespace {
+                        Role::Producer
+                    } else {
+                        Role::Consumer
+                    };
+                    by_service
+                        .entry((namespace, name))
+                        .or_default()
+                        .push((ri, port, section, role));
+                }
+                _ => {}
+            }
+        }
+        compiled.push(c);
+    }
+    let mut tables = HashMap::new();
+    for svc in mesh.services_of_waypoint(&spec.gateway) {
+        let Some(vip) = svc.vip else { continue };
+        let attached = by_service.get(&(svc.namespace.clone(), svc.name.clone()));
+        for port in &svc.ports {
+            // Deduplicated, in a stable order: a route may name this Service twice (with and without port).
+            let mut roles: Vec<(usize, Role)> = on_gateway
+                .iter()
+                .map(|&ri| (ri, Role::Producer))
+                .chain(
+                    attached
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|(ri, p, s, role)| {
+                            let port_ok = p.is_none_or(|p| p == port.port);
+                            let section_ok =
+                                s.as_ref().is_none_or(|s| port.name.as_ref() == Some(s));
+                            (port_ok && section_ok).then_some((*ri, *role))
+                        }),
+                )
+                .collect();
+            roles.sort_unstable();
+            roles.dedup();
+            let table = build_table(&cx, svc, port.port, &routes, &compiled, &roles);
+            tables.insert(SocketAddr::new(vip, port.port), Arc::new(table));
+        }
+    }
+    Ok((tables, statuses))
+}
+
+/// One Service port's table from the accepted routes attached to it.
+fn build_table(
+    cx: &Cx<'_>,
+    svc: &Service,
+    port: u16,
+    routes: &[spec::RouteSpec],
+    compiled: &[rules::CompiledRoute],
+    roles: &[(usize, Role)],
+) -> RouteTable {
+    let mut rules: Vec<Rule> = Vec::new();
+    let mut offsets: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut producer = Vec::new();
+    let mut consumers: HashMap<String, Vec<_>> = HashMap::new();
+    for &(ri, role) in roles {
+        let (route, c) = (&routes[ri], &compiled[ri]);
+        let offset = *offsets.entry(ri).or_insert_with(|| {
+            rules.extend(c.rules.iter().cloned());
+            rules.len() - c.rules.len()
+        });
+        let entries = match role {
+            Role::Producer => &mut producer,
+            Role::Consumer => consumers.entry(route.namespace.clone()).or_default(),
+        };
+        for (m, rule, match_index) in &c.matches {
+            let origin = Origin {
+                created: route.created.clone(),
+                route: format!("{}/{}", route.namespace, route.name),
+                rule: *rule,
+                match_index: *match_index,
+            };
+            entries.push((m.clone(), origin, offset + rule));
+        }
+    }
+    if producer.is_empty() {
+        // No accepted producer route: every request (of callers without consumer routes) to the Service itself.
+        producer.push((
+            RouteMatch::any(),
+            Origin {
+                created: None,
+                route: String::new(),
+                rule: 0,
+                match_index: 0,
+            },
+            rules.len(),
+        ));
+        rules.push(backends::default_rule(cx, svc, port));
+    }
+    RouteTable {
+        name: format!("{}/{}", svc.namespace, svc.name),
+        hostname: svc.hostname(),
+        rules,
+        producer: MatchTable::new(producer),
+        consumers: consumers
+            .into_iter()
+            .map(|(ns, entries)| (ns, MatchTable::new(entries)))
+            .collect(),
+    }
 }

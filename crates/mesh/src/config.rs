@@ -1,9 +1,13 @@
 //! The manifests directory both tiers read: ordinary Kubernetes YAML (multi-document), resolved into one
 //! [`Mesh`] model, plus the machinery that watches the directory and hot-swaps what each binary compiles from it.
 //!
-//! Kinds read: `Namespace`, `Service`, `Pod`, `EndpointSlice` (discovery.k8s.io/v1), `Gateway` and `HTTPRoute`
-//! (gateway.networking.k8s.io/v1). Other kinds are skipped with a warning (kept by kind, so later stages can
-//! add `GRPCRoute`, `AuthorizationPolicy`, `DestinationRule` here). Types come from `k8s-openapi` and
+//! Kinds read: `Namespace`, `Service`, `Pod`, `EndpointSlice` (discovery.k8s.io/v1), `Gateway`, `HTTPRoute`
+//! (experimental channel types: a superset with `retry`), `GRPCRoute` (gateway.networking.k8s.io/v1) and
+//! `ReferenceGrant` (v1beta1 and v1). Other kinds are skipped with a warning (kept by kind, so later stages can
+//! add `AuthorizationPolicy`, `DestinationRule` here). Routes are checked as the API server would (the CRDs'
+//! schema and CEL rules that matter here: negative weights, relative paths, a Service `backendRef` without
+//! `port`, ...); what is valid Kubernetes but not supported is left to the compiler, which reports it in the
+//! route's status instead of failing the load. Types come from `k8s-openapi` and
 //! `gateway-api`; an object that does not parse, or fails validation, is a [`ConfigError`] naming the file,
 //! the object (`Kind namespace/name`) and the field path.
 //!
@@ -17,6 +21,7 @@
 pub mod live;
 mod parse;
 mod resolve;
+mod routes;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -27,6 +32,14 @@ use std::sync::Arc;
 use crate::identity::Identity;
 
 pub use live::{watch_dir, Live, WatchGuard};
+pub use routes::{LabelExpression, LabelSelector, RouteNamespaces};
+
+/// The route and grant types the mesh keeps (gateway-api), re-exported so users need not track channels.
+pub mod gateway {
+    pub use gateway_api::experimental::httproutes::HttpRoute;
+    pub use gateway_api::grpcroutes::GrpcRoute;
+    pub use gateway_api::referencegrants::ReferenceGrant;
+}
 
 /// The default trust domain.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
@@ -162,6 +175,11 @@ pub struct Waypoint {
     pub waypoint_for: String,
     /// Address of the HBONE listener (status/spec address IP, listener port), when known.
     pub addr: Option<SocketAddr>,
+    /// The HBONE listener's `allowedRoutes.namespaces`: which namespaces' routes may attach to the Gateway
+    /// (`Same` by default).
+    pub route_namespaces: RouteNamespaces,
+    /// The HBONE listener's `allowedRoutes.kinds` (kind names; empty: HTTPRoute and GRPCRoute).
+    pub route_kinds: Vec<String>,
 }
 
 impl Waypoint {
@@ -180,9 +198,13 @@ pub struct Mesh {
     pub services: Vec<Service>,
     pub workloads: Vec<Arc<Workload>>,
     pub waypoints: Vec<Waypoint>,
-    /// HTTPRoutes as parsed (gateway-api types), with the file they came from. `metadata.namespace` is filled in
-    /// (`default` when the manifest omits it).
-    pub http_routes: Vec<Sourced<gateway_api::httproutes::HttpRoute>>,
+    /// HTTPRoutes as parsed (gateway-api experimental-channel types, a superset of the standard ones), with the
+    /// file they came from. `metadata.namespace` is filled in (`default` when the manifest omits it).
+    pub http_routes: Vec<Sourced<gateway::HttpRoute>>,
+    /// GRPCRoutes (v1), namespace filled in as for `http_routes`.
+    pub grpc_routes: Vec<Sourced<gateway::GrpcRoute>>,
+    /// ReferenceGrants (v1beta1 and v1, read into the v1 type), namespace filled in.
+    pub reference_grants: Vec<Sourced<gateway::ReferenceGrant>>,
     /// Kinds not understood, counted (skipped with a warning). Keyed by `kind`, or by `kind apiVersion` when the
     /// kind is known but not in that API version (e.g. an Istio `Gateway`).
     pub skipped: BTreeMap<String, usize>,

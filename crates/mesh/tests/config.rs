@@ -213,6 +213,92 @@ fn bench_manifest_resolves() {
         Some("default")
     );
     assert_eq!(m.http_routes[0].file, PathBuf::from("test.yaml"));
+    // The experimental-channel type keeps `retry`.
+    let rule = &m.http_routes[0].object.spec.rules.as_ref().unwrap()[0];
+    let retry = rule.retry.as_ref().expect("retry is read");
+    assert_eq!(
+        (retry.attempts, retry.codes.as_deref()),
+        (Some(2), Some(&[503][..]))
+    );
+}
+
+#[test]
+fn grpc_routes_and_reference_grants_are_read() {
+    let m = mesh(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: g, namespace: apps}\n\
+         spec:\n  parentRefs: [{group: \"\", kind: Service, name: greeter, port: 9090}]\n  rules:\n\
+         \x20 - matches: [{method: {service: helloworld.Greeter, method: SayHello}}]\n\
+         \x20   backendRefs: [{name: greeter-v2, port: 9090, weight: 10}]\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\nmetadata: {name: a, namespace: backends}\n\
+         spec:\n  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: apps}]\n  to: [{group: \"\", kind: Service}]\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: ReferenceGrant\nmetadata: {name: b}\n\
+         spec:\n  from: [{group: gateway.networking.k8s.io, kind: GRPCRoute, namespace: apps}]\n  to: [{group: \"\", kind: Service, name: greeter}]\n",
+    );
+    assert_eq!(m.grpc_routes.len(), 1);
+    let g = &m.grpc_routes[0].object;
+    assert_eq!(g.metadata.namespace.as_deref(), Some("apps"));
+    let method = g.spec.rules.as_ref().unwrap()[0].matches.as_ref().unwrap()[0]
+        .method
+        .as_ref()
+        .unwrap();
+    assert_eq!(method.service.as_deref(), Some("helloworld.Greeter"));
+    let grants: Vec<_> = m
+        .reference_grants
+        .iter()
+        .map(|g| {
+            let o = &g.object;
+            (
+                o.metadata.namespace.as_deref().unwrap(),
+                o.spec.from[0].kind.as_str(),
+                o.spec.to[0].name.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        grants,
+        [
+            ("backends", "HTTPRoute", None),
+            ("default", "GRPCRoute", Some("greeter"))
+        ]
+    );
+    assert!(m.skipped.is_empty(), "{:?}", m.skipped);
+}
+
+#[test]
+fn waypoint_listener_allowed_routes() {
+    use mesh::config::{LabelExpression, LabelSelector, RouteNamespaces};
+    let gw = |allowed: &str| {
+        let w = &mesh(&format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: w}}\nspec:\n  gatewayClassName: istio-waypoint\n\
+             \x20 listeners: [{{name: mesh, port: 15008, protocol: HBONE{allowed}}}]\n"
+        ))
+        .waypoints[0];
+        (w.route_namespaces.clone(), w.route_kinds.clone())
+    };
+    assert_eq!(gw(""), (RouteNamespaces::Same, vec![]));
+    assert_eq!(
+        gw(", allowedRoutes: {namespaces: {from: All}, kinds: [{kind: HTTPRoute}]}"),
+        (RouteNamespaces::All, vec!["HTTPRoute".to_string()])
+    );
+    let (sel, _) = gw(", allowedRoutes: {namespaces: {from: Selector, selector: {matchLabels: {a: b}, matchExpressions: [{key: env, operator: In, values: [prod]}]}}}");
+    let want = LabelSelector {
+        match_labels: [("a".to_string(), "b".to_string())].into(),
+        match_expressions: vec![LabelExpression {
+            key: "env".into(),
+            operator: "In".into(),
+            values: vec!["prod".into()],
+        }],
+    };
+    assert_eq!(sel, RouteNamespaces::Selector(want.clone()));
+    let labels = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    assert!(want.matches(&labels(&[("a", "b"), ("env", "prod")])));
+    assert!(!want.matches(&labels(&[("a", "b"), ("env", "dev")])));
+    assert!(!want.matches(&labels(&[("env", "prod")])));
 }
 
 #[test]
@@ -258,6 +344,23 @@ fn config_errors() {
         ("container port", "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: c, ports: [{containerPort: -1}]}]\n".into(), "Pod default/p", "spec.containers[0].ports[0].containerPort"),
         ("weight", route("  - backendRefs: [{name: a, port: 80}, {name: b, port: 80, weight: -1}]\n"), "HTTPRoute n/r", "spec.rules[0].backendRefs[1].weight"),
         ("path", route("  - matches: [{path: {type: PathPrefix, value: api}}]\n"), "HTTPRoute n/r", "spec.rules[0].matches[0].path.value"),
+        ("path segment", route("  - matches: [{path: {type: Exact, value: /a//b}}]\n"), "HTTPRoute n/r", "spec.rules[0].matches[0].path.value"),
+        ("weight range", route("  - backendRefs: [{name: a, port: 80, weight: 1000001}]\n"), "HTTPRoute n/r", "spec.rules[0].backendRefs[0].weight"),
+        ("backend port required", route("  - backendRefs: [{name: a}]\n"), "HTTPRoute n/r", "spec.rules[0].backendRefs[0].port"),
+        ("mirror port required", route("  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: a}}}]\n"), "HTTPRoute n/r", "spec.rules[0].filters[0].requestMirror.backendRef.port"),
+        ("filter config missing", route("  - filters: [{type: RequestHeaderModifier}]\n"), "HTTPRoute n/r", "spec.rules[0].filters[0].requestHeaderModifier"),
+        ("filter config of another type", route("  - filters: [{type: URLRewrite, urlRewrite: {}, requestRedirect: {}}]\n"), "HTTPRoute n/r", "spec.rules[0].filters[0].requestRedirect"),
+        ("filter repeated", route("  - filters: [{type: RequestHeaderModifier, requestHeaderModifier: {}}, {type: RequestHeaderModifier, requestHeaderModifier: {}}]\n"), "HTTPRoute n/r", "spec.rules[0].filters[1]"),
+        ("redirect and rewrite", route("  - filters: [{type: RequestRedirect, requestRedirect: {}}, {type: URLRewrite, urlRewrite: {}}]\n"), "HTTPRoute n/r", "spec.rules[0].filters"),
+        ("prefix rewrite of an exact match", route("  - matches: [{path: {type: Exact, value: /a}}]\n    filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /b}}}]\n"), "HTTPRoute n/r", "spec.rules[0].matches"),
+        ("path modifier value", route("  - filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplaceFullPath}}}]\n"), "HTTPRoute n/r", "spec.rules[0].filters[0].urlRewrite.path.replaceFullPath"),
+        ("timeout", route("  - timeouts: {request: 1.5s}\n"), "HTTPRoute n/r", "spec.rules[0].timeouts.request"),
+        ("retry code", route("  - retry: {codes: [302]}\n"), "HTTPRoute n/r", "spec.rules[0].retry.codes[0]"),
+        ("grpc weight", "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: g}\nspec:\n  rules: [{backendRefs: [{name: a, port: 80, weight: -2}]}]\n".into(), "GRPCRoute default/g", "spec.rules[0].backendRefs[0].weight"),
+        ("grpc method", "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: g}\nspec:\n  rules: [{matches: [{method: {type: Exact}}]}]\n".into(), "GRPCRoute default/g", "spec.rules[0].matches[0].method"),
+        ("grpc method name", "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: g}\nspec:\n  rules: [{matches: [{method: {service: a/b}}]}]\n".into(), "GRPCRoute default/g", "spec.rules[0].matches[0].method.service"),
+        ("grant from", "apiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\nmetadata: {name: g}\nspec:\n  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute}]\n  to: []\n".into(), "ReferenceGrant default/g", "spec.from[0]"),
+        ("listener selector", "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: w}\nspec:\n  gatewayClassName: istio-waypoint\n  listeners: [{name: m, port: 15008, protocol: HBONE, allowedRoutes: {namespaces: {from: Selector}}}]\n".into(), "Gateway default/w", "spec.listeners[0].allowedRoutes.namespaces.selector"),
         ("duplicate", format!("{SVC}---\n{SVC}"), "Service default/x", "metadata.name"),
         ("gateway address", "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: w}\nspec:\n  gatewayClassName: istio-waypoint\n  listeners: [{name: mesh, port: 15008, protocol: HBONE}]\nstatus:\n  addresses: [{type: IPAddress, value: not-ip}]\n".into(), "Gateway default/w", "status.addresses[0].value"),
         ("slice address", "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s, labels: {kubernetes.io/service-name: x}}\naddressType: IPv4\nendpoints: [{addresses: [1.2.3.4]}, {addresses: [bad]}]\n".into(), "EndpointSlice default/s", "endpoints[1].addresses[0]"),

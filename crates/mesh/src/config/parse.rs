@@ -9,7 +9,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use gateway_api::gateways::Gateway;
-use gateway_api::httproutes::{HttpRoute, HttpRouteRulesMatchesPathType};
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -17,9 +16,10 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_yaml::Value;
 
+use super::gateway::{GrpcRoute, HttpRoute, ReferenceGrant};
 use super::{
-    ConfigError, Namespace, Service, ServicePort, Slice, SliceEndpoint, Sourced, TargetPort,
-    Waypoint, Workload, SERVICE_NAME, WAYPOINT_CLASS, WAYPOINT_FOR,
+    routes, ConfigError, Namespace, RouteNamespaces, Service, ServicePort, Slice, SliceEndpoint,
+    Sourced, TargetPort, Waypoint, Workload, SERVICE_NAME, WAYPOINT_CLASS, WAYPOINT_FOR,
 };
 
 /// The HBONE port, when a waypoint Gateway has no `HBONE` listener.
@@ -37,6 +37,8 @@ pub(super) struct Parsed {
     /// Gateways of class `istio-waypoint`.
     pub waypoints: Vec<Waypoint>,
     pub http_routes: Vec<Sourced<HttpRoute>>,
+    pub grpc_routes: Vec<Sourced<GrpcRoute>>,
+    pub reference_grants: Vec<Sourced<ReferenceGrant>>,
     pub skipped: BTreeMap<String, usize>,
 }
 
@@ -94,6 +96,8 @@ enum Kind {
     EndpointSlice,
     Gateway,
     HttpRoute,
+    GrpcRoute,
+    ReferenceGrant,
 }
 
 impl Kind {
@@ -108,13 +112,22 @@ impl Kind {
             ("discovery.k8s.io/v1", "EndpointSlice") => Kind::EndpointSlice,
             (GATEWAY_V1 | GATEWAY_V1BETA1, "Gateway") => Kind::Gateway,
             (GATEWAY_V1 | GATEWAY_V1BETA1, "HTTPRoute") => Kind::HttpRoute,
+            (GATEWAY_V1, "GRPCRoute") => Kind::GrpcRoute,
+            (GATEWAY_V1 | GATEWAY_V1BETA1, "ReferenceGrant") => Kind::ReferenceGrant,
             _ => return None,
         })
     }
     fn is_known_name(kind: &str) -> bool {
         matches!(
             kind,
-            "Namespace" | "Service" | "Pod" | "EndpointSlice" | "Gateway" | "HTTPRoute"
+            "Namespace"
+                | "Service"
+                | "Pod"
+                | "EndpointSlice"
+                | "Gateway"
+                | "HTTPRoute"
+                | "GRPCRoute"
+                | "ReferenceGrant"
         )
     }
     fn namespaced(self) -> bool {
@@ -134,15 +147,15 @@ struct Parser {
 }
 
 /// Where an object is, for error messages.
-struct Ctx<'a> {
-    file: &'a Path,
-    object: String,
+pub(super) struct Ctx<'a> {
+    pub file: &'a Path,
+    pub object: String,
     /// Prepended to field paths (`items[3].` inside a `List`).
-    prefix: &'a str,
+    pub prefix: &'a str,
 }
 
 impl Ctx<'_> {
-    fn err(&self, field: &str, message: impl Into<String>) -> ConfigError {
+    pub fn err(&self, field: &str, message: impl Into<String>) -> ConfigError {
         let field = match (self.prefix.is_empty(), field.is_empty()) {
             (true, _) => field.to_string(),
             (false, true) => self.prefix.trim_end_matches('.').to_string(),
@@ -163,7 +176,7 @@ impl Ctx<'_> {
             self.err(&field, e.into_inner().to_string())
         })
     }
-    fn port(&self, field: impl FnOnce() -> String, value: i32) -> Result<u16, ConfigError> {
+    pub fn port(&self, field: impl FnOnce() -> String, value: i32) -> Result<u16, ConfigError> {
         match u16::try_from(value) {
             Ok(p) if p != 0 => Ok(p),
             _ => Err(self.err(&field(), format!("port {value} is out of range 1-65535"))),
@@ -287,7 +300,21 @@ impl Parser {
             Kind::Pod => self.pod(&ctx, namespace, name, ctx.typed(value)?),
             Kind::EndpointSlice => self.slice(&ctx, namespace, ctx.typed(value)?),
             Kind::Gateway => self.gateway(&ctx, namespace, name, ctx.typed(value)?),
-            Kind::HttpRoute => self.http_route(&ctx, namespace, ctx.typed(value)?),
+            Kind::HttpRoute => {
+                let route = routes::http_route(&ctx, namespace, ctx.typed(value)?)?;
+                self.out.http_routes.push(route);
+                Ok(())
+            }
+            Kind::GrpcRoute => {
+                let route = routes::grpc_route(&ctx, namespace, ctx.typed(value)?)?;
+                self.out.grpc_routes.push(route);
+                Ok(())
+            }
+            Kind::ReferenceGrant => {
+                let grant = routes::reference_grant(&ctx, namespace, ctx.typed(value)?)?;
+                self.out.reference_grants.push(grant);
+                Ok(())
+            }
         }
     }
 
@@ -471,10 +498,12 @@ impl Parser {
         gw: Gateway,
     ) -> Result<(), ConfigError> {
         let mut hbone_port = None;
+        let mut allowed = (RouteNamespaces::Same, Vec::new());
         for (i, l) in gw.spec.listeners.iter().enumerate() {
             let port = ctx.port(|| format!("spec.listeners[{i}].port"), l.port)?;
             if l.protocol == "HBONE" && hbone_port.is_none() {
                 hbone_port = Some(port);
+                allowed = routes::allowed_routes(ctx, i, l.allowed_routes.as_ref())?;
             }
         }
         if gw.spec.gateway_class_name != WAYPOINT_CLASS {
@@ -513,48 +542,8 @@ impl Parser {
             namespace,
             waypoint_for: waypoint_for.to_string(),
             addr: ip.map(|ip| SocketAddr::new(ip, hbone_port.unwrap_or(HBONE_PORT))),
-        });
-        Ok(())
-    }
-
-    fn http_route(
-        &mut self,
-        ctx: &Ctx<'_>,
-        namespace: String,
-        mut route: HttpRoute,
-    ) -> Result<(), ConfigError> {
-        for (i, p) in route.spec.parent_refs.iter().flatten().enumerate() {
-            if let Some(port) = p.port {
-                ctx.port(|| format!("spec.parentRefs[{i}].port"), port)?;
-            }
-        }
-        for (r, rule) in route.spec.rules.iter().flatten().enumerate() {
-            for (b, backend) in rule.backend_refs.iter().flatten().enumerate() {
-                if let Some(w) = backend.weight.filter(|w| *w < 0) {
-                    let field = format!("spec.rules[{r}].backendRefs[{b}].weight");
-                    return Err(ctx.err(&field, format!("weight {w} is negative")));
-                }
-                if let Some(port) = backend.port {
-                    ctx.port(|| format!("spec.rules[{r}].backendRefs[{b}].port"), port)?;
-                }
-            }
-            for (m, matched) in rule.matches.iter().flatten().enumerate() {
-                let Some(path) = &matched.path else { continue };
-                let regex = path.r#type == Some(HttpRouteRulesMatchesPathType::RegularExpression);
-                if let Some(v) = path
-                    .value
-                    .as_deref()
-                    .filter(|v| !regex && !v.starts_with('/'))
-                {
-                    let field = format!("spec.rules[{r}].matches[{m}].path.value");
-                    return Err(ctx.err(&field, format!("path {v:?} must start with '/'")));
-                }
-            }
-        }
-        route.metadata.namespace = Some(namespace);
-        self.out.http_routes.push(Sourced {
-            file: ctx.file.to_path_buf(),
-            object: route,
+            route_namespaces: allowed.0,
+            route_kinds: allowed.1,
         });
         Ok(())
     }

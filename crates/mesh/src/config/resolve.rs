@@ -54,6 +54,8 @@ pub(super) fn build(parsed: Parsed, trust_domain: &str) -> Mesh {
         workloads,
         waypoints: parsed.waypoints,
         http_routes: parsed.http_routes,
+        grpc_routes: parsed.grpc_routes,
+        reference_grants: parsed.reference_grants,
         skipped: parsed.skipped,
         index: Index {
             slices: parsed.slices,

@@ -1,0 +1,237 @@
+//! One neutral form of HTTPRoute and GRPCRoute for the compiler.
+//!
+//! The gateway-api crate generates a distinct type per kind, channel and nesting level (a rule filter, a backend
+//! filter and a GRPCRoute filter are three types of the same shape). The compiler reads the route's JSON form
+//! into these few structs instead (serde, camelCase), so both kinds share one code path; a match's `method` is
+//! kept as JSON because it is a string in HTTPRoute and an object (`service`, `method`, `type`) in GRPCRoute.
+
+use std::path::PathBuf;
+
+use mesh::config::{ConfigError, Mesh};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::RouteKind;
+
+/// A route, either kind, as the compiler reads it.
+#[derive(Debug)]
+pub(crate) struct RouteSpec {
+    pub kind: RouteKind,
+    pub file: PathBuf,
+    pub namespace: String,
+    pub name: String,
+    /// `metadata.creationTimestamp`, RFC 3339 with nanoseconds (so the text sorts chronologically).
+    pub created: Option<String>,
+    pub body: Body,
+}
+
+impl RouteSpec {
+    /// `HTTPRoute ns/name`.
+    pub fn object(&self) -> String {
+        format!("{} {}/{}", self.kind.name(), self.namespace, self.name)
+    }
+
+    pub fn err(&self, field: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.clone(),
+            object: self.object(),
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub(crate) struct Body {
+    pub parent_refs: Vec<ParentRef>,
+    pub rules: Vec<RuleSpec>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub(crate) struct ParentRef {
+    /// Default `gateway.networking.k8s.io`.
+    pub group: Option<String>,
+    /// Default `Gateway`.
+    pub kind: Option<String>,
+    pub name: String,
+    pub namespace: Option<String>,
+    pub port: Option<i64>,
+    pub section_name: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub(crate) struct RuleSpec {
+    pub matches: Option<Vec<MatchSpec>>,
+    pub filters: Vec<FilterSpec>,
+    pub backend_refs: Vec<BackendRefSpec>,
+    pub timeouts: Option<TimeoutsSpec>,
+    pub retry: Option<RetrySpec>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub(crate) struct MatchSpec {
+    pub path: Option<PathSpec>,
+    /// HTTPRoute: `"GET"`; GRPCRoute: `{service, method, type}`.
+    pub method: Option<Value>,
+    pub headers: Vec<ValueMatchSpec>,
+    pub query_params: Vec<ValueMatchSpec>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct PathSpec {
+    #[serde(rename = "type")]
+    pub ty: Option<String>,
+    pub value: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct ValueMatchSpec {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub ty: Option<String>,
+    pub value: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct GrpcMethodSpec {
+    pub service: Option<String>,
+    pub method: Option<String>,
+    #[serde(rename = "type")]
+    pub ty: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub(crate) struct FilterSpec {
+    #[serde(rename = "type")]
+    pub ty: String,
+    pub request_header_modifier: Option<HeaderModifierSpec>,
+    pub response_header_modifier: Option<HeaderModifierSpec>,
+    pub request_redirect: Option<RedirectSpec>,
+    pub url_rewrite: Option<RewriteSpec>,
+    pub request_mirror: Option<MirrorSpec>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct HeaderModifierSpec {
+    pub set: Vec<NameValue>,
+    pub add: Vec<NameValue>,
+    pub remove: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct NameValue {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub(crate) struct RedirectSpec {
+    pub scheme: Option<String>,
+    pub hostname: Option<String>,
+    pub path: Option<PathModifierSpec>,
+    pub port: Option<i64>,
+    pub status_code: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub(crate) struct PathModifierSpec {
+    #[serde(rename = "type")]
+    pub ty: String,
+    pub replace_full_path: Option<String>,
+    pub replace_prefix_match: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct RewriteSpec {
+    pub hostname: Option<String>,
+    pub path: Option<PathModifierSpec>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub(crate) struct MirrorSpec {
+    pub backend_ref: BackendRefSpec,
+    pub percent: Option<i64>,
+    pub fraction: Option<FractionSpec>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct FractionSpec {
+    pub numerator: i64,
+    pub denominator: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct BackendRefSpec {
+    pub group: Option<String>,
+    pub kind: Option<String>,
+    pub name: String,
+    pub namespace: Option<String>,
+    pub port: Option<i64>,
+    pub weight: Option<i64>,
+    pub filters: Vec<FilterSpec>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub(crate) struct TimeoutsSpec {
+    pub request: Option<String>,
+    pub backend_request: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct RetrySpec {
+    pub attempts: Option<i64>,
+    pub codes: Vec<i64>,
+    pub backoff: Option<String>,
+}
+
+/// Every HTTPRoute and GRPCRoute of the mesh, in the neutral form.
+pub(crate) fn routes(mesh: &Mesh) -> Result<Vec<RouteSpec>, ConfigError> {
+    let mut out = Vec::with_capacity(mesh.http_routes.len() + mesh.grpc_routes.len());
+    // The metadata type is k8s-openapi's; only its fields are read here.
+    macro_rules! push {
+        ($kind:expr, $routes:expr) => {
+            for r in $routes {
+                let m = &r.object.metadata;
+                let created = m.creation_timestamp.as_ref().map(|t| format!("{:.9}", t.0));
+                let mut route = RouteSpec {
+                    kind: $kind,
+                    file: r.file.clone(),
+                    namespace: m.namespace.clone().unwrap_or_else(|| "default".into()),
+                    name: m.name.clone().unwrap_or_default(),
+                    created,
+                    body: Body::default(),
+                };
+                route.body = neutral(&r.object.spec).map_err(|e| route.err("spec", e))?;
+                out.push(route);
+            }
+        };
+    }
+    push!(RouteKind::Http, &mesh.http_routes);
+    push!(RouteKind::Grpc, &mesh.grpc_routes);
+    Ok(out)
+}
+
+/// The neutral form of a generated type of the same shape.
+fn neutral<T: serde::Serialize, U: serde::de::DeserializeOwned>(spec: &T) -> Result<U, String> {
+    serde_json::to_value(spec)
+        .and_then(serde_json::from_value)
+        .map_err(|e| e.to_string())
+}
