@@ -88,14 +88,21 @@ pub fn config_dump(live: &Live<Snapshot>) -> String {
         })
         .collect();
     services.sort_by(|a, b| a.address.cmp(&b.address));
-    let dump = Dump { generation: live.generation(), last_error: live.last_error().map(|e| e.to_string()), services };
+    let dump = Dump {
+        generation: live.generation(),
+        last_error: live.last_error().map(|e| e.to_string()),
+        services,
+    };
     serde_json::to_string_pretty(&dump).unwrap_or_default()
 }
 
 fn route_statuses(state: &AdminState) -> (StatusCode, String) {
     match Mesh::load_dir(&state.manifests, &state.trust_domain) {
         Ok(mesh) => match crate::snapshot::compile_with_status(&mesh, &state.spec) {
-            Ok((_, statuses)) => (StatusCode::OK, serde_json::to_string_pretty(&statuses).unwrap_or_default()),
+            Ok((_, statuses)) => (
+                StatusCode::OK,
+                serde_json::to_string_pretty(&statuses).unwrap_or_default(),
+            ),
             Err(e) => (StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
         },
         Err(e) => (StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
@@ -110,7 +117,11 @@ fn answer(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
             (s, b, "application/json")
         }
         "/healthz/ready" => (StatusCode::OK, "ready\n".to_string(), "text/plain"),
-        _ => (StatusCode::NOT_FOUND, "try /config_dump, /routes, /healthz/ready\n".into(), "text/plain"),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "try /config_dump, /routes, /healthz/ready\n".into(),
+            "text/plain",
+        ),
     };
     Response::builder()
         .status(status)
@@ -122,14 +133,18 @@ fn answer(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
 /// Serves the admin endpoint on `listener` until the task is aborted.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
     loop {
-        let Ok((tcp, _)) = listener.accept().await else { continue };
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
         let state = state.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<Incoming>| {
                 let resp = answer(&state, &req);
                 async move { Ok::<_, Infallible>(resp) }
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
         });
     }
 }
@@ -137,7 +152,10 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
 /// Binds `addr` (refusing anything but loopback: the admin endpoint is not for the network).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     if !addr.ip().is_loopback() {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "the admin endpoint binds loopback only"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the admin endpoint binds loopback only",
+        ));
     }
     TcpListener::bind(addr).await
 }

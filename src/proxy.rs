@@ -30,7 +30,7 @@ use crate::error::{classify, ProxyError};
 use crate::mirror::{self, Mirrors};
 use crate::retry::{self, Attempts, Failure};
 use crate::route;
-use crate::routes::compile::{AppProtocol, Rule, RouteTable};
+use crate::routes::compile::{AppProtocol, RouteTable, Rule};
 use crate::routes::matching::RequestView;
 use crate::snapshot::{Backend, Snapshot};
 use crate::upstream;
@@ -116,10 +116,17 @@ fn has_content_length(head: &[u8]) -> bool {
 
 /// Stage "route": the service, rule and backend for this request.
 fn decide(snapshot: &Snapshot, conn: &ConnInfo, req: &RequestHeader) -> Result<Chosen, ProxyError> {
-    let table = snapshot.service(conn.destination).ok_or(ProxyError::NotServed)?;
+    let table = snapshot
+        .service(conn.destination)
+        .ok_or(ProxyError::NotServed)?;
     let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
     let view = RequestView::new(&req.method, pq, &req.headers);
-    let routed = route::route(table, &conn.peer_identity.namespace, &view, fastrand::u32(..))?;
+    let routed = route::route(
+        table,
+        &conn.peer_identity.namespace,
+        &view,
+        fastrand::u32(..),
+    )?;
     Ok(Chosen {
         table: table.clone(),
         rule: routed.rule,
@@ -243,7 +250,11 @@ impl WaypointProxy {
         let targets: Vec<_> = mirrors
             .iter()
             .filter(|m| m.fraction.selected(fastrand::u32(..1_000_000)))
-            .filter_map(|m| m.backend.next_endpoint().map(|up| (up.clone(), m.backend.protocol)))
+            .filter_map(|m| {
+                m.backend
+                    .next_endpoint()
+                    .map(|up| (up.clone(), m.backend.protocol))
+            })
             .collect();
         if targets.is_empty() {
             return None;
@@ -251,11 +262,20 @@ impl WaypointProxy {
         let req = session.req_header();
         let copy = mirror::Copy {
             method: req.method.clone(),
-            path_and_query: req.uri.path_and_query().map_or("/", |p| p.as_str()).to_string(),
+            path_and_query: req
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string(),
             headers: req.headers.clone(),
             body: Bytes::new(),
         };
-        let pending = PendingMirrors { copy, targets, body: BytesMut::new(), too_big: false };
+        let pending = PendingMirrors {
+            copy,
+            targets,
+            body: BytesMut::new(),
+            too_big: false,
+        };
         if session.is_body_empty() {
             self.flush_mirrors(pending);
             return None;
@@ -265,10 +285,16 @@ impl WaypointProxy {
 
     fn flush_mirrors(&self, p: PendingMirrors) {
         if p.too_big {
-            self.mirrors.stats.dropped.fetch_add(p.targets.len() as u64, Ordering::Relaxed);
+            self.mirrors
+                .stats
+                .dropped
+                .fetch_add(p.targets.len() as u64, Ordering::Relaxed);
             return;
         }
-        let copy = mirror::Copy { body: p.body.freeze(), ..p.copy };
+        let copy = mirror::Copy {
+            body: p.body.freeze(),
+            ..p.copy
+        };
         for (up, protocol) in p.targets {
             self.mirrors.send(up, protocol, copy.clone());
         }
@@ -284,7 +310,10 @@ impl ProxyHttp for WaypointProxy {
             snapshot: self.live.load(),
             conn: None,
             chosen: None,
-            attempts: Attempts { tries: 0, deadline: None },
+            attempts: Attempts {
+                tries: 0,
+                deadline: None,
+            },
             retry_status: None,
             mirrors: None,
             error: None,
@@ -298,7 +327,12 @@ impl ProxyHttp for WaypointProxy {
             .req_header()
             .headers
             .contains_key(http::header::TRANSFER_ENCODING)
-            .then(|| session.as_downstream().as_http1().map(|h1| h1.get_headers_raw_bytes()))
+            .then(|| {
+                session
+                    .as_downstream()
+                    .as_http1()
+                    .map(|h1| h1.get_headers_raw_bytes())
+            })
             .flatten();
         let decided = validate(session.req_header(), raw.as_deref()).and_then(|()| {
             let conn = ctx.conn.as_deref().ok_or(ProxyError::Internal)?;
@@ -345,8 +379,15 @@ impl ProxyHttp for WaypointProxy {
         Ok(())
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-        let chosen = ctx.chosen.as_ref().ok_or_else(|| ProxyError::Internal.into_pingora())?;
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let chosen = ctx
+            .chosen
+            .as_ref()
+            .ok_or_else(|| ProxyError::Internal.into_pingora())?;
         let rule = chosen.rule();
         ctx.attempts.tries += 1;
         if ctx.attempts.tries > 1 {
@@ -389,12 +430,17 @@ impl ProxyHttp for WaypointProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         match &ctx.conn {
-            Some(conn) => req.insert_header("x-forwarded-client-cert", xfcc(&self.identity, &conn.peer_identity))?,
+            Some(conn) => req.insert_header(
+                "x-forwarded-client-cert",
+                xfcc(&self.identity, &conn.peer_identity),
+            )?,
             None => {
                 req.remove_header("x-forwarded-client-cert");
             }
         }
-        let Some(chosen) = &ctx.chosen else { return Ok(()) };
+        let Some(chosen) = &ctx.chosen else {
+            return Ok(());
+        };
         let (rule, backend) = (chosen.rule(), chosen.backend());
         for f in [&rule.filters, &backend.filters] {
             if let Some(m) = &f.request_headers {
@@ -404,9 +450,16 @@ impl ProxyHttp for WaypointProxy {
                 if let Some(host) = &rw.hostname {
                     req.insert_header(http::header::HOST, host.as_str())?;
                 }
-                let pq = session.req_header().uri.path_and_query().map_or("/", |p| p.as_str());
+                let pq = session
+                    .req_header()
+                    .uri
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str());
                 if let Some(new) = rw.apply_path(pq, chosen.matched_prefix.as_deref()) {
-                    req.set_uri(new.parse().map_err(|_| ProxyError::Internal.into_pingora())?);
+                    req.set_uri(
+                        new.parse()
+                            .map_err(|_| ProxyError::Internal.into_pingora())?,
+                    );
                 }
             }
         }
@@ -419,22 +472,41 @@ impl ProxyHttp for WaypointProxy {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let Some(chosen) = &ctx.chosen else { return Ok(()) };
+        let Some(chosen) = &ctx.chosen else {
+            return Ok(());
+        };
         let status = resp.status.as_u16();
         let replayable = !session.as_ref().retry_buffer_truncated();
         let idempotent = session.req_header().method.is_idempotent();
         let failure = Failure::Status(status);
-        if retry::should_retry(chosen.rule().retry.as_ref(), &ctx.attempts, failure, idempotent, replayable, Instant::now()) {
+        if retry::should_retry(
+            chosen.rule().retry.as_ref(),
+            &ctx.attempts,
+            failure,
+            idempotent,
+            replayable,
+            Instant::now(),
+        ) {
             ctx.retry_status = Some(status);
-            let mut e = Error::explain(ErrorType::HTTPStatus(status), "retrying on the response status");
+            let mut e = Error::explain(
+                ErrorType::HTTPStatus(status),
+                "retrying on the response status",
+            );
             e.set_retry(true);
             return Err(e);
         }
         Ok(())
     }
 
-    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
-        let Some(chosen) = &ctx.chosen else { return Ok(()) };
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(chosen) = &ctx.chosen else {
+            return Ok(());
+        };
         for f in [&chosen.rule().filters, &chosen.backend().filters] {
             if let Some(m) = &f.response_headers {
                 modify(m, resp);
@@ -443,10 +515,23 @@ impl ProxyHttp for WaypointProxy {
         Ok(())
     }
 
-    fn fail_to_connect(&self, session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
         let policy = ctx.chosen.as_ref().and_then(|c| c.rule().retry.as_ref());
         let replayable = !session.as_ref().retry_buffer_truncated();
-        let retry = retry::should_retry(policy, &ctx.attempts, Failure::Connect, true, replayable, Instant::now());
+        let retry = retry::should_retry(
+            policy,
+            &ctx.attempts,
+            Failure::Connect,
+            true,
+            replayable,
+            Instant::now(),
+        );
         e.set_retry(retry);
         e
     }
@@ -470,9 +555,17 @@ impl ProxyHttp for WaypointProxy {
             _ => Failure::ResetBeforeResponse,
         };
         let policy = ctx.chosen.as_ref().and_then(|c| c.rule().retry.as_ref());
-        let replayable = !session.as_ref().retry_buffer_truncated() && session.response_written().is_none();
+        let replayable =
+            !session.as_ref().retry_buffer_truncated() && session.response_written().is_none();
         let idempotent = session.req_header().method.is_idempotent();
-        e.set_retry(retry::should_retry(policy, &ctx.attempts, failure, idempotent, replayable, Instant::now()));
+        e.set_retry(retry::should_retry(
+            policy,
+            &ctx.attempts,
+            failure,
+            idempotent,
+            replayable,
+            Instant::now(),
+        ));
         e
     }
 
@@ -481,12 +574,20 @@ impl ProxyHttp for WaypointProxy {
         classify(e) == ProxyError::DownstreamGone
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         let err = ctx.error.take().unwrap_or_else(|| classify(e));
         tracing::debug!(error = %e, flag = err.flag(), "request failed");
         self.stats.local_replies.fetch_add(1, Ordering::Relaxed);
         let code = respond_error(session, &err).await;
-        FailToProxy { error_code: code, can_reuse_downstream: false }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
     }
 }
 
@@ -508,7 +609,11 @@ mod tests {
         assert_eq!(validate(&both, None), Err(ProxyError::BadRequest));
         let mut cl = RequestHeader::build("POST", b"/", None).unwrap();
         cl.insert_header("content-length", "4").unwrap();
-        assert_eq!(validate(&cl, Some(cl_raw)), Ok(()), "no Transfer-Encoding: nothing to check");
+        assert_eq!(
+            validate(&cl, Some(cl_raw)),
+            Ok(()),
+            "no Transfer-Encoding: nothing to check"
+        );
     }
 
     #[test]

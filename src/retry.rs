@@ -69,15 +69,16 @@ pub fn should_retry(
     }
 }
 
-/// The wait before try number `next_try` (2 for the first retry): exponential from the base, capped at
-/// `MAX_BACKOFF_FACTOR` × base, with full jitter from `draw` (uniform in `0..=u32::MAX`).
+/// The wait before try number `next_try` (2 for the first retry). GEP-1731 makes `backoff` a minimum: the wait
+/// grows exponentially from it (×2 per retry, capped at `MAX_BACKOFF_FACTOR` × base) and jitter from `draw`
+/// (uniform in `0..=u32::MAX`) only adds up to half again, never going below the base nor above the cap.
 pub fn backoff(policy: &RetryPolicy, next_try: u32, draw: u32) -> Duration {
     let base = policy.backoff.unwrap_or(DEFAULT_BACKOFF);
+    let cap = base.saturating_mul(MAX_BACKOFF_FACTOR);
     let exp = next_try.saturating_sub(2).min(16);
-    let ceiling = base
-        .saturating_mul(1u32 << exp)
-        .min(base.saturating_mul(MAX_BACKOFF_FACTOR));
-    ceiling.mul_f64(f64::from(draw) / f64::from(u32::MAX))
+    let floor = base.saturating_mul(1u32 << exp).min(cap);
+    let jitter = (floor / 2).mul_f64(f64::from(draw) / f64::from(u32::MAX));
+    (floor + jitter).min(cap)
 }
 
 /// How long the next try may take: the per-try timeout, cut to what is left of the request deadline.
@@ -156,18 +157,27 @@ mod tests {
     }
 
     #[test]
-    fn backoff_is_exponential_capped_and_jittered() {
+    fn backoff_is_a_minimum_growing_exponentially_with_bounded_jitter() {
         let p = policy(5, &[]);
-        assert_eq!(backoff(&p, 2, u32::MAX), Duration::from_millis(100));
-        assert_eq!(backoff(&p, 3, u32::MAX), Duration::from_millis(200));
-        assert_eq!(backoff(&p, 4, u32::MAX), Duration::from_millis(400));
-        assert_eq!(
-            backoff(&p, 9, u32::MAX),
-            Duration::from_millis(1000),
-            "capped at 10x"
-        );
-        assert_eq!(backoff(&p, 3, 0), Duration::ZERO);
-        assert!(backoff(&p, 3, u32::MAX / 2) <= Duration::from_millis(101));
+        let ms = Duration::from_millis;
+        for (next_try, draw, want) in [
+            (2, 0, ms(100)),        // first retry: exactly the minimum without jitter
+            (2, u32::MAX, ms(150)), // jitter adds at most half
+            (3, 0, ms(200)),
+            (4, 0, ms(400)),
+            (4, u32::MAX, ms(600)),
+            (9, 0, ms(1000)), // capped at 10x
+            (9, u32::MAX, ms(1000)),
+        ] {
+            assert_eq!(
+                backoff(&p, next_try, draw),
+                want,
+                "try {next_try} draw {draw}"
+            );
+        }
+        for draw in [0, 1, u32::MAX / 3, u32::MAX] {
+            assert!(backoff(&p, 2, draw) >= ms(100), "never below the minimum");
+        }
     }
 
     #[test]

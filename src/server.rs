@@ -86,7 +86,9 @@ impl Waypoint {
         };
         let admin = match cfg.admin {
             Some(addr) => {
-                let listener = crate::admin::bind(addr).await.with_context(|| format!("binding admin {addr}"))?;
+                let listener = crate::admin::bind(addr)
+                    .await
+                    .with_context(|| format!("binding admin {addr}"))?;
                 let admin_addr = listener.local_addr()?;
                 let state = Arc::new(AdminState {
                     live: live.clone(),
@@ -94,7 +96,10 @@ impl Waypoint {
                     trust_domain: cfg.trust_domain.clone(),
                     spec: spec.clone(),
                 });
-                Some((admin_addr, tokio::spawn(crate::admin::serve(listener, state))))
+                Some((
+                    admin_addr,
+                    tokio::spawn(crate::admin::serve(listener, state)),
+                ))
             }
             None => None,
         };

@@ -342,7 +342,7 @@ impl Testbed {
             .collect()
     }
 
-    /// Stops the client side first, then the waypoints, then everything else.
+    /// Stops the waypoints (each drains its in-flight requests), then the node proxies; echoes stop on drop.
     pub async fn shutdown(self) {
         for w in self.waypoints.into_values() {
             w.shutdown(Duration::from_secs(2)).await;

@@ -191,12 +191,15 @@ enum Role {
     Consumer,
 }
 
+/// Route tables by Service VIP:port.
+pub(crate) type Tables = HashMap<SocketAddr, Arc<RouteTable>>;
+
 /// The route tables of every Service port bound to this waypoint (by VIP:port), and the status of every route
 /// of the mesh for each of its parents, as seen by this waypoint.
 pub(crate) fn compile_tables(
     mesh: &Mesh,
     spec: &WaypointSpec,
-) -> Result<(HashMap<SocketAddr, Arc<RouteTable>>, Vec<RouteStatus>), ConfigError> {
+) -> Result<(Tables, Vec<RouteStatus>), ConfigError> {
     let routes = spec::routes(mesh)?;
     let cx = Cx {
         mesh,
