@@ -2,13 +2,11 @@
 //!
 //! - `GET /config_dump`: the active snapshot's generation, the last rejected change, and per service its rules
 //!   and backends with weights and endpoints.
-//! - `GET /routes`: route status per route and parent, as `waypoint check` prints it (recomputed from the
-//!   manifests folder on each call, off the request path).
+//! - `GET /routes`: route status per route and parent of the active snapshot, as `waypoint check` prints it.
 //! - `GET /healthz/ready`: 200 once a config is loaded.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -17,18 +15,15 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use mesh::config::{Live, Mesh};
+use mesh::config::Live;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
-use crate::snapshot::{Snapshot, WaypointSpec};
+use crate::snapshot::Snapshot;
 
 /// What the admin endpoint reads.
 pub struct AdminState {
     pub live: Arc<Live<Snapshot>>,
-    pub manifests: PathBuf,
-    pub trust_domain: String,
-    pub spec: WaypointSpec,
 }
 
 #[derive(Serialize)]
@@ -97,16 +92,11 @@ pub fn config_dump(live: &Live<Snapshot>) -> String {
 }
 
 fn route_statuses(state: &AdminState) -> (StatusCode, String) {
-    match Mesh::load_dir(&state.manifests, &state.trust_domain) {
-        Ok(mesh) => match crate::snapshot::compile_with_status(&mesh, &state.spec) {
-            Ok((_, statuses)) => (
-                StatusCode::OK,
-                serde_json::to_string_pretty(&statuses).unwrap_or_default(),
-            ),
-            Err(e) => (StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
-        },
-        Err(e) => (StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
-    }
+    let snap = state.live.load();
+    (
+        StatusCode::OK,
+        serde_json::to_string_pretty(&snap.statuses).unwrap_or_default(),
+    )
 }
 
 fn answer(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {

@@ -122,7 +122,7 @@ impl DemoMesh {
                 node: Some(name.to_string()),
                 workloads: vec![],
                 hbone_port: opts.hbone_port,
-                                socks5: socks,
+                socks5: socks,
                 socks5_default_workload: default.map(str::to_string),
                 redirect,
             };

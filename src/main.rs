@@ -126,7 +126,10 @@ fn main() -> anyhow::Result<()> {
             } => {
                 let admin = match admin.as_str() {
                     "off" => None,
-                    a => Some(a.parse().map_err(|_| anyhow::anyhow!("--admin must be ip:port or off"))?),
+                    a => Some(
+                        a.parse()
+                            .map_err(|_| anyhow::anyhow!("--admin must be ip:port or off"))?,
+                    ),
                 };
                 let (namespace, name) = gateway
                     .split_once('/')

@@ -90,12 +90,7 @@ impl Waypoint {
                     .await
                     .with_context(|| format!("binding admin {addr}"))?;
                 let admin_addr = listener.local_addr()?;
-                let state = Arc::new(AdminState {
-                    live: live.clone(),
-                    manifests: cfg.manifests.clone(),
-                    trust_domain: cfg.trust_domain.clone(),
-                    spec: spec.clone(),
-                });
+                let state = Arc::new(AdminState { live: live.clone() });
                 Some((
                     admin_addr,
                     tokio::spawn(crate::admin::serve(listener, state)),

@@ -166,7 +166,7 @@ impl Testbed {
                 node: None,
                 workloads,
                 hbone_port: rewrite.hbone_port,
-                                socks5: Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0)),
+                socks5: Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0)),
                 socks5_default_workload: opts.default_workload.clone(),
                 redirect: None,
             };

@@ -241,7 +241,9 @@ pub struct Origin {
 
 impl Ord for Origin {
     fn cmp(&self, other: &Self) -> Ordering {
-        let key = |o: &Origin| (o.created.is_none(), o.created.clone());
+        fn key(o: &Origin) -> (bool, Option<&str>) {
+            (o.created.is_none(), o.created.as_deref())
+        }
         key(self)
             .cmp(&key(other))
             .then_with(|| self.route.cmp(&other.route))
