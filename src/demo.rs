@@ -154,7 +154,7 @@ impl DemoMesh {
                 trust_domain: td.to_string(),
                 listen: SocketAddr::new(ip(net, 20), opts.hbone_port),
                 hbone_port: opts.hbone_port,
-                admin: None,
+                admin: Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0)),
             },
             certs,
         )

@@ -203,3 +203,50 @@ async fn smuggling_framing_is_rejected_with_400() {
     );
     mesh.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoint_dumps_the_active_config_and_route_status() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mesh = common::mesh(None).await;
+    let admin = mesh
+        .waypoint
+        .admin_addr()
+        .expect("the demo enables the admin endpoint");
+    let get = |path: &'static str| async move {
+        let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    };
+    let dump = get("/config_dump").await;
+    assert!(dump.starts_with("HTTP/1.1 200"), "{dump}");
+    let json: serde_json::Value =
+        serde_json::from_str(dump.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(json["generation"], 1);
+    assert_eq!(json["services"][0]["name"], "default/reviews");
+    let weights: Vec<_> = json["services"][0]["rules"][0]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["weight"].as_u64().unwrap())
+        .collect();
+    assert_eq!(weights, [90, 10]);
+    let routes = get("/routes").await;
+    let body = routes.split("\r\n\r\n").nth(1).unwrap();
+    let statuses: serde_json::Value = serde_json::from_str(body).unwrap();
+    let st = &statuses[0];
+    assert_eq!(st["route"], "HTTPRoute default/reviews", "{body}");
+    let conds: Vec<_> = st["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["type"].as_str().unwrap(), c["status"].as_str().unwrap()))
+        .collect();
+    assert!(
+        conds.contains(&("Accepted", "True")) && conds.contains(&("ResolvedRefs", "True")),
+        "{body}"
+    );
+    mesh.shutdown().await;
+}
