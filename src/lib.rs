@@ -12,6 +12,7 @@ pub mod downstream;
 pub mod error;
 pub mod mirror;
 pub mod proxy;
+pub mod resilience;
 pub mod retry;
 pub mod route;
 pub mod routes;
