@@ -40,7 +40,41 @@ use crate::upstream;
 pub struct Stats {
     pub requests: AtomicU64,
     pub local_replies: AtomicU64,
+    /// Tries after the first (counted when the try starts).
     pub retries: AtomicU64,
+    /// Retry decisions by cause: connect failure, not delivered, reset before response, status.
+    pub retry_causes: [AtomicU64; 4],
+}
+
+impl Stats {
+    fn count_retry(&self, f: Failure) {
+        let i = match f {
+            Failure::Connect => 0,
+            Failure::NotDelivered => 1,
+            Failure::ResetBeforeResponse | Failure::Timeout => 2,
+            Failure::Status(_) => 3,
+        };
+        self.retry_causes[i].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// How a try failed, from Pingora's error: a reset or broken pipe on the upstream connection means the request
+/// was not (entirely) delivered — the relay closes with our bytes unread only when the endpoint had already
+/// ended the stream, and a peer's TCP reset means it did not read them.
+pub fn failure_of(e: &Error) -> Failure {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionReset};
+    match classify(e) {
+        ProxyError::ConnectFailure => Failure::Connect,
+        ProxyError::Timeout => Failure::Timeout,
+        _ => {
+            let root = e.root_cause();
+            let io = root.downcast_ref::<std::io::Error>();
+            match io.map(|io| io.kind()) {
+                Some(ConnectionReset | BrokenPipe) => Failure::NotDelivered,
+                _ => Failure::ResetBeforeResponse,
+            }
+        }
+    }
 }
 
 /// The waypoint's `ProxyHttp`.
@@ -488,6 +522,7 @@ impl ProxyHttp for WaypointProxy {
             Instant::now(),
         ) {
             ctx.retry_status = Some(status);
+            self.stats.count_retry(failure);
             let mut e = Error::explain(
                 ErrorType::HTTPStatus(status),
                 "retrying on the response status",
@@ -542,30 +577,38 @@ impl ProxyHttp for WaypointProxy {
         session: &mut Session,
         e: Box<Error>,
         ctx: &mut RequestCtx,
-        _client_reused: bool,
+        client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
         if ctx.retry_status.take().is_some() {
             e.set_retry(true);
             return e;
         }
-        let failure = match classify(&e) {
-            ProxyError::ConnectFailure => Failure::Connect,
-            ProxyError::Timeout => Failure::Timeout,
-            _ => Failure::ResetBeforeResponse,
-        };
+        let failure = failure_of(&e);
         let policy = ctx.chosen.as_ref().and_then(|c| c.rule().retry.as_ref());
-        let replayable =
-            !session.as_ref().retry_buffer_truncated() && session.response_written().is_none();
+        let response_started = session.response_written().is_some();
+        let buffered = !session.as_ref().retry_buffer_truncated();
         let idempotent = session.req_header().method.is_idempotent();
-        e.set_retry(retry::should_retry(
-            policy,
-            &ctx.attempts,
-            failure,
-            idempotent,
-            replayable,
-            Instant::now(),
-        ));
+        let now = Instant::now();
+        let retry = !response_started
+            && retry::should_retry(policy, &ctx.attempts, failure, idempotent, buffered, now);
+        if retry {
+            self.stats.count_retry(failure);
+            tracing::debug!(
+                ?failure,
+                client_reused,
+                tries = ctx.attempts.tries,
+                "retrying on another connection"
+            );
+        } else if !buffered
+            && retry::should_retry(policy, &ctx.attempts, failure, idempotent, true, now)
+        {
+            tracing::warn!(
+                ?failure,
+                "not retried: the request body was larger than the replay buffer"
+            );
+        }
+        e.set_retry(retry);
         e
     }
 

@@ -17,7 +17,11 @@ const DEFAULT_BACKOFF: Duration = Duration::from_millis(25);
 pub enum Failure {
     /// The connection (or HBONE stream) could not be opened: the request was never sent.
     Connect,
-    /// The connection was closed or reset before any byte of the response arrived.
+    /// The request provably never reached the application whole: the upstream had already closed the
+    /// connection (the relay or the peer reset it with our bytes unread, or the write failed). Safe to retry
+    /// whatever the method.
+    NotDelivered,
+    /// The connection was closed before any byte of the response arrived, after the request was delivered.
     ResetBeforeResponse,
     /// A response arrived with this status.
     Status(u16),
@@ -43,9 +47,18 @@ impl Attempts {
     }
 }
 
-/// Whether a failed try is retried: the policy allows another attempt, the failure is one the policy retries,
-/// and the request can be replayed. Connect failures are always safe (nothing was sent); a reset before the
-/// response only for idempotent requests (issue 4 refines this); a status only when listed in `codes`.
+/// Close detection without a route policy: as Istio's default, two retries of connect failures and resets;
+/// never of a response status.
+pub static CLOSE_DETECTION: RetryPolicy = RetryPolicy {
+    attempts: 2,
+    codes: Vec::new(),
+    backoff: None,
+};
+
+/// Whether a failed try is retried: the policy (or, without one, [`CLOSE_DETECTION`]) allows another attempt,
+/// the failure is one it retries, and the request can be replayed. Connect failures and requests that were
+/// provably not delivered are retried for any method; a close after delivery only for idempotent requests; a
+/// status only when the route lists it in `codes`.
 pub fn should_retry(
     policy: Option<&RetryPolicy>,
     a: &Attempts,
@@ -54,7 +67,7 @@ pub fn should_retry(
     replayable: bool,
     now: Instant,
 ) -> bool {
-    let Some(p) = policy else { return false };
+    let p = policy.unwrap_or(&CLOSE_DETECTION);
     if a.tries > p.attempts || !replayable {
         return false;
     }
@@ -62,7 +75,7 @@ pub fn should_retry(
         return false;
     }
     match failure {
-        Failure::Connect => true,
+        Failure::Connect | Failure::NotDelivered => true,
         Failure::ResetBeforeResponse => idempotent,
         Failure::Status(s) => p.codes.contains(&s),
         Failure::Timeout => false,
@@ -137,7 +150,14 @@ mod tests {
             ),
             (Some(&p), 1, Failure::Status(503), true, false, false), // body too big to replay
             (Some(&p), 1, Failure::Timeout, true, true, false),
-            (None, 1, Failure::Connect, true, true, false),
+            (Some(&p), 1, Failure::NotDelivered, false, true, true), // a POST that never arrived
+            // Without a route policy: close detection only.
+            (None, 1, Failure::Connect, false, true, true),
+            (None, 1, Failure::NotDelivered, false, true, true),
+            (None, 1, Failure::ResetBeforeResponse, true, true, true),
+            (None, 1, Failure::ResetBeforeResponse, false, true, false),
+            (None, 3, Failure::Connect, true, true, false),
+            (None, 1, Failure::Status(503), true, true, false),
         ];
         for (i, (pol, tries, f, idem, replay, want)) in cases.into_iter().enumerate() {
             assert_eq!(

@@ -215,8 +215,35 @@ async fn relay_one(mut conn: UnixStream, pool: &Pool, certs: &CertStore) -> io::
     if buf.len() > end + 4 {
         stream.write_all(&buf[end + 4..]).await?;
     }
-    tokio::io::copy_bidirectional(&mut conn, &mut stream).await?;
-    Ok(())
+    pump(conn, stream).await
+}
+
+/// Copies both ways. When the endpoint ends its side (END_STREAM or a reset: the application closed its
+/// keep-alive connection), the relay stops at once and closes the Unix connection: request bytes Pingora wrote
+/// that the relay had not read yet make Linux report `ECONNRESET` to Pingora, which is the proof that the
+/// request was never delivered (`retry::Failure::NotDelivered`), so even a POST is safely retried. When Pingora
+/// ends its side first, the response is still copied to the end.
+async fn pump(conn: UnixStream, stream: mesh::hbone::H2Stream) -> io::Result<()> {
+    let (mut from_pingora, mut to_pingora) = conn.into_split();
+    let (mut from_endpoint, mut to_endpoint) = tokio::io::split(stream);
+    let up = async move {
+        let copied = tokio::io::copy(&mut from_pingora, &mut to_endpoint).await;
+        let _ = to_endpoint.shutdown().await;
+        (copied, from_pingora)
+    };
+    let down = async move {
+        let copied = tokio::io::copy(&mut from_endpoint, &mut to_pingora).await;
+        let _ = to_pingora.shutdown().await;
+        copied
+    };
+    tokio::pin!(up, down);
+    tokio::select! {
+        copied = &mut down => copied.map(drop),
+        (copied, _still_open) = &mut up => {
+            copied?;
+            down.await.map(drop)
+        }
+    }
 }
 
 /// Opens a stream to `up` for a request the proxy sends itself (mirrors): through the relay (HBONE) or plain
