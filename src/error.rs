@@ -30,6 +30,9 @@ pub enum ProxyError {
     /// The upstream connection broke (reset, closed) during the exchange.
     #[error("upstream connection termination")]
     ConnectionTermination,
+    /// A circuit-breaker limit of the destination (`DestinationRule.trafficPolicy.connectionPool`) is full.
+    #[error("upstream overflow: {0} reached")]
+    Overflow(&'static str),
     /// The upstream did not answer in time.
     #[error("upstream request timeout")]
     Timeout,
@@ -51,6 +54,7 @@ impl ProxyError {
             ProxyError::NoRoute => 404,
             ProxyError::NoBackend | ProxyError::InvalidBackend(_) | ProxyError::Internal => 500,
             ProxyError::NoHealthyUpstream(_)
+            | ProxyError::Overflow(_)
             | ProxyError::ConnectFailure
             | ProxyError::ConnectionTermination => 503,
             ProxyError::Timeout => 504,
@@ -64,6 +68,7 @@ impl ProxyError {
             ProxyError::NotServed | ProxyError::NoRoute => "NR",
             ProxyError::NoBackend | ProxyError::InvalidBackend(_) => "NR",
             ProxyError::NoHealthyUpstream(_) => "UH",
+            ProxyError::Overflow(_) => "UO",
             ProxyError::ConnectFailure => "UF",
             ProxyError::ConnectionTermination => "UC",
             ProxyError::Timeout => "UT",

@@ -28,6 +28,9 @@ use waypoint_filters::{HeaderModifier, RequestParts};
 use crate::downstream::{conn_info, ConnInfo};
 use crate::error::{classify, ProxyError};
 use crate::mirror::{self, Mirrors};
+use crate::resilience::balance::{InFlight, PickKey};
+use crate::resilience::breaker::Permit;
+use crate::resilience::outlier::{EndpointHealth, Outcome};
 use crate::retry::{self, Attempts, Failure};
 use crate::route;
 use crate::routes::compile::{AppProtocol, RouteTable, Rule};
@@ -125,6 +128,17 @@ pub struct RequestCtx {
     mirrors: Option<PendingMirrors>,
     /// The first error of this request, with its precise cause (preferred over Pingora's classification).
     error: Option<ProxyError>,
+    /// The response flags of a locally answered failure (`NR`, `UF,URX`, ...), for the log line.
+    flags: Option<String>,
+    /// Circuit-breaker permits: the request's (all tries) and the current retry's.
+    request_permit: Option<Permit>,
+    retry_permit: Option<Permit>,
+    /// The current try's endpoint and its health (for outlier detection and to avoid it on a retry).
+    current: Option<(std::net::SocketAddr, Arc<EndpointHealth>)>,
+    /// Counts the current try for LEAST_REQUEST.
+    in_flight: Option<InFlight>,
+    /// A consistent-hash cookie to set on the response.
+    set_cookie: Option<String>,
 }
 
 /// Stage "validate": framing a proxy must not pass on. A request with both `Content-Length` and
@@ -186,6 +200,32 @@ fn host_and_port(req: &RequestHeader) -> (&str, Option<u16>) {
     }
 }
 
+/// How long a connection opened for a retry stays pooled (under its one-off key) after the try.
+const RETRY_CONNECTION_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Records `e` as the request's error and hands Pingora its form.
+fn fail(ctx: &mut RequestCtx, e: ProxyError) -> Box<Error> {
+    ctx.error = Some(e.clone());
+    e.into_pingora()
+}
+
+/// Stage "observe" for outlier detection: the current try's outcome, on its endpoint.
+fn record_outcome(ctx: &RequestCtx, outcome: Outcome) {
+    let (Some(chosen), Some((_, health))) = (&ctx.chosen, &ctx.current) else {
+        return;
+    };
+    let backend = chosen.backend();
+    if let Some(policy) = &backend.policy.outlier {
+        backend.health.record(
+            health,
+            outcome,
+            policy,
+            backend.endpoints.len(),
+            Instant::now(),
+        );
+    }
+}
+
 /// The `x-forwarded-client-cert` value naming the verified caller.
 pub fn xfcc(by: &Identity, caller: &Identity) -> String {
     format!("By={by};URI={caller}")
@@ -230,8 +270,22 @@ fn modify(m: &HeaderModifier, h: &mut impl Headers) {
     }
 }
 
-/// The error boundary: writes `err` as the response (status + `x-waypoint-error` flag). Returns the status.
+/// The response flags of a failed request: the error's own, plus `URX` when retries were spent on it.
+pub fn flags_of(err: &ProxyError, tries: u32) -> String {
+    if tries > 1 && err.status() >= 500 {
+        format!("{},URX", err.flag())
+    } else {
+        err.flag().to_string()
+    }
+}
+
+/// The error boundary: writes `err` as the response (status + `x-waypoint-error` flags). Returns the status.
 pub async fn respond_error(session: &mut Session, err: &ProxyError) -> u16 {
+    respond_error_flagged(session, err, err.flag()).await
+}
+
+/// [`respond_error`] with explicit flags.
+pub async fn respond_error_flagged(session: &mut Session, err: &ProxyError, flags: &str) -> u16 {
     let status = err.status();
     if status == 0 {
         return 0;
@@ -240,7 +294,7 @@ pub async fn respond_error(session: &mut Session, err: &ProxyError) -> u16 {
     let Ok(mut resp) = ResponseHeader::build(status, Some(3)) else {
         return status;
     };
-    let _ = resp.insert_header("x-waypoint-error", err.flag());
+    let _ = resp.insert_header("x-waypoint-error", flags);
     let _ = resp.insert_header("content-type", "text/plain");
     let _ = resp.insert_header("content-length", body.len().to_string());
     if let Err(e) = session.write_error_response(resp, body).await {
@@ -351,6 +405,12 @@ impl ProxyHttp for WaypointProxy {
             retry_status: None,
             mirrors: None,
             error: None,
+            flags: None,
+            request_permit: None,
+            retry_permit: None,
+            current: None,
+            in_flight: None,
+            set_cookie: None,
         }
     }
 
@@ -376,6 +436,7 @@ impl ProxyHttp for WaypointProxy {
             Ok(c) => c,
             Err(e) => {
                 self.stats.local_replies.fetch_add(1, Ordering::Relaxed);
+                ctx.flags = Some(e.flag().to_string());
                 respond_error(session, &e).await;
                 return Ok(true);
             }
@@ -383,6 +444,17 @@ impl ProxyHttp for WaypointProxy {
         if respond_redirect(session, &chosen).await? {
             self.stats.local_replies.fetch_add(1, Ordering::Relaxed);
             return Ok(true);
+        }
+        let backend = chosen.backend();
+        match backend.breaker.try_request(&backend.policy.connection_pool) {
+            Ok(permit) => ctx.request_permit = Some(permit),
+            Err(overflow) => {
+                let e = ProxyError::Overflow(overflow.field());
+                self.stats.local_replies.fetch_add(1, Ordering::Relaxed);
+                ctx.flags = Some(e.flag().to_string());
+                respond_error(session, &e).await;
+                return Ok(true);
+            }
         }
         ctx.attempts = Attempts::start(&chosen.rule().timeouts, Instant::now());
         ctx.mirrors = self.start_mirrors(session, &chosen);
@@ -415,41 +487,73 @@ impl ProxyHttp for WaypointProxy {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let chosen = ctx
             .chosen
             .as_ref()
             .ok_or_else(|| ProxyError::Internal.into_pingora())?;
-        let rule = chosen.rule();
+        // Own the table for this hook, so the context can be updated while the backend is borrowed.
+        let (table, rule_idx, backend_idx) = (chosen.table.clone(), chosen.rule, chosen.backend);
+        let rule = &table.rules[rule_idx];
+        let backend = &rule.backends[backend_idx];
         ctx.attempts.tries += 1;
         if ctx.attempts.tries > 1 {
             self.stats.retries.fetch_add(1, Ordering::Relaxed);
+            ctx.retry_permit = None;
+            match backend.breaker.try_retry(&backend.policy.connection_pool) {
+                Ok(permit) => ctx.retry_permit = Some(permit),
+                Err(overflow) => return Err(fail(ctx, ProxyError::Overflow(overflow.field()))),
+            }
             if let Some(p) = &rule.retry {
                 tokio::time::sleep(retry::backoff(p, ctx.attempts.tries, fastrand::u32(..))).await;
             }
         }
-        let timeout = match retry::try_timeout(&rule.timeouts, &ctx.attempts, Instant::now()) {
-            Ok(t) => t,
-            Err(e) => {
-                ctx.error = Some(e.clone());
-                return Err(e.into_pingora());
-            }
+        let timeout = retry::try_timeout(&rule.timeouts, &ctx.attempts, Instant::now())
+            .map_err(|e| fail(ctx, e))?;
+        let req = session.req_header();
+        let key = PickKey {
+            header_map: &req.headers,
+            query: req.uri.query(),
+            source_ip: ctx.conn.as_ref().map(|c| c.peer_addr.ip()),
+            exclude: ctx.current.as_ref().map(|(addr, _)| *addr),
         };
-        let backend = chosen.backend();
-        let Some(up) = backend.next_endpoint() else {
-            let e = ProxyError::NoHealthyUpstream(backend.name.clone());
-            ctx.error = Some(e.clone());
-            return Err(e.into_pingora());
+        let Some(picked) = backend.pick(&key, Instant::now()) else {
+            return Err(fail(
+                ctx,
+                ProxyError::NoHealthyUpstream(backend.name.clone()),
+            ));
         };
+        let up = picked.upstream;
+        ctx.current = Some((up.addr, up.health.clone()));
+        ctx.in_flight = Some(picked.in_flight);
+        if ctx.set_cookie.is_none() {
+            ctx.set_cookie = picked.set_cookie;
+        }
         let mut peer = upstream::peer(up, &self.relay);
+        if ctx.attempts.tries > 1 {
+            // A retry never takes another pooled connection (it may be stale the same way): a one-off pool
+            // key makes Pingora open a fresh one.
+            peer.group_key = fastrand::u64(..);
+        }
+        let retry_connection = ctx.attempts.tries > 1;
         if backend.protocol == AppProtocol::H2c {
             peer.options.set_http_version(2, 2);
             peer.options.max_h2_streams = 100;
         }
-        if let Some(t) = timeout {
+        let pool = &backend.policy.connection_pool;
+        peer.options.idle_timeout = pool.idle_timeout;
+        if retry_connection {
+            // Nobody will ask for it by that key again: let it go soon after the try.
+            peer.options.idle_timeout = Some(RETRY_CONNECTION_IDLE);
+        }
+        if let Some(t) = pool.connect_timeout {
             peer.options.connection_timeout = Some(t);
+        }
+        if let Some(t) = timeout {
+            peer.options.connection_timeout =
+                Some(peer.options.connection_timeout.map_or(t, |c| c.min(t)));
             peer.options.total_connection_timeout = Some(t);
             peer.options.read_timeout = Some(t);
             peer.options.write_timeout = Some(t);
@@ -510,6 +614,7 @@ impl ProxyHttp for WaypointProxy {
             return Ok(());
         };
         let status = resp.status.as_u16();
+        record_outcome(ctx, Outcome::from_status(status));
         let replayable = !session.as_ref().retry_buffer_truncated();
         let idempotent = session.req_header().method.is_idempotent();
         let failure = Failure::Status(status);
@@ -547,6 +652,9 @@ impl ProxyHttp for WaypointProxy {
                 modify(m, resp);
             }
         }
+        if let Some(cookie) = ctx.set_cookie.take() {
+            resp.append_header(http::header::SET_COOKIE, cookie)?;
+        }
         Ok(())
     }
 
@@ -557,6 +665,7 @@ impl ProxyHttp for WaypointProxy {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        record_outcome(ctx, Outcome::GatewayError);
         let policy = ctx.chosen.as_ref().and_then(|c| c.rule().retry.as_ref());
         let replayable = !session.as_ref().retry_buffer_truncated();
         let retry = retry::should_retry(
@@ -585,10 +694,13 @@ impl ProxyHttp for WaypointProxy {
             return e;
         }
         let failure = failure_of(&e);
+        record_outcome(ctx, Outcome::GatewayError);
         let policy = ctx.chosen.as_ref().and_then(|c| c.rule().retry.as_ref());
         let response_started = session.response_written().is_some();
         let buffered = !session.as_ref().retry_buffer_truncated();
-        let idempotent = session.req_header().method.is_idempotent();
+        // A reset after delivery is replayed for idempotent requests, or any when the route opted in.
+        let idempotent = session.req_header().method.is_idempotent()
+            || ctx.chosen.as_ref().is_some_and(|c| c.rule().retry_resets);
         let now = Instant::now();
         let retry = !response_started
             && retry::should_retry(policy, &ctx.attempts, failure, idempotent, buffered, now);
@@ -612,6 +724,36 @@ impl ProxyHttp for WaypointProxy {
         e
     }
 
+    /// Observe: one line per request (target `waypoint::access`, level info) with the response flags.
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        if !tracing::enabled!(target: "waypoint::access", tracing::Level::INFO) {
+            return;
+        }
+        let req = session.req_header();
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let upstream = ctx
+            .chosen
+            .as_ref()
+            .map(|c| c.backend().name.as_str())
+            .unwrap_or("-");
+        let caller = ctx
+            .conn
+            .as_ref()
+            .map(|c| c.peer_identity.to_string())
+            .unwrap_or_default();
+        tracing::info!(
+            target: "waypoint::access",
+            method = %req.method,
+            uri = %req.uri,
+            status,
+            flags = ctx.flags.as_deref().unwrap_or("-"),
+            tries = ctx.attempts.tries,
+            upstream,
+            caller,
+            "request"
+        );
+    }
+
     /// A client closing its keep-alive connection between requests is routine, not an error worth logging.
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
         classify(e) == ProxyError::DownstreamGone
@@ -624,9 +766,11 @@ impl ProxyHttp for WaypointProxy {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let err = ctx.error.take().unwrap_or_else(|| classify(e));
-        tracing::debug!(error = %e, flag = err.flag(), "request failed");
+        let flags = flags_of(&err, ctx.attempts.tries);
+        tracing::debug!(error = %e, %flags, "request failed");
         self.stats.local_replies.fetch_add(1, Ordering::Relaxed);
-        let code = respond_error(session, &err).await;
+        let code = respond_error_flagged(session, &err, &flags).await;
+        ctx.flags = Some(flags);
         FailToProxy {
             error_code: code,
             can_reuse_downstream: false,
@@ -657,6 +801,20 @@ mod tests {
             Ok(()),
             "no Transfer-Encoding: nothing to check"
         );
+    }
+
+    #[test]
+    fn response_flags() {
+        for (err, tries, want) in [
+            (ProxyError::ConnectFailure, 1, "UF"),
+            (ProxyError::ConnectFailure, 3, "UF,URX"),
+            (ProxyError::ConnectionTermination, 2, "UC,URX"),
+            (ProxyError::Timeout, 2, "UT,URX"),
+            (ProxyError::NoRoute, 2, "NR"),
+            (ProxyError::BadRequest, 1, "DPE"),
+        ] {
+            assert_eq!(flags_of(&err, tries), want, "{err:?} after {tries} tries");
+        }
     }
 
     #[test]

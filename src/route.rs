@@ -97,6 +97,7 @@ mod tests {
             filters: RuleFilters::default(),
             timeouts: Timeouts::default(),
             retry: None,
+            retry_resets: false,
         }
     }
 

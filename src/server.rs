@@ -19,7 +19,8 @@ use crate::admin::AdminState;
 use crate::downstream::Inbound;
 use crate::mirror::Mirrors;
 use crate::proxy::{Stats, WaypointProxy};
-use crate::snapshot::{compile, Snapshot, WaypointSpec};
+use crate::resilience::ResilienceState;
+use crate::snapshot::{compile_with_state, Snapshot, WaypointSpec};
 use crate::upstream::Relay;
 
 /// How to run one waypoint.
@@ -61,7 +62,9 @@ impl Waypoint {
             hbone_port: cfg.hbone_port,
         };
         let mesh = Mesh::load_dir(&cfg.manifests, &cfg.trust_domain)?;
-        let live = Arc::new(Live::new(compile(&mesh, &spec)?));
+        // Breakers, ejections and balancer load outlive snapshots: every compile attaches the same handles.
+        let resilience = Arc::new(ResilienceState::default());
+        let live = Arc::new(Live::new(compile_with_state(&mesh, &spec, &resilience)?));
         drop(mesh);
         let watch_spec = spec.clone();
         let watch = watch_dir(
@@ -69,7 +72,7 @@ impl Waypoint {
             cfg.trust_domain.clone(),
             Duration::from_millis(50),
             live.clone(),
-            move |mesh| compile(mesh, &watch_spec),
+            move |mesh| compile_with_state(mesh, &watch_spec, &resilience),
         );
 
         let pool = Pool::new(PoolOptions::default());

@@ -3,18 +3,26 @@
 //! [`compile`] turns a [`Mesh`] (everything the manifests say) into a [`Snapshot`] holding, per bound Service
 //! VIP:port, its [`RouteTable`] (rules in precedence order, built by [`crate::routes::compile`]) and, per
 //! backend, the resolved endpoints with how to reach each one (HBONE with the expected workload identity, or
-//! plain TCP) and the protocol the application speaks. A mesh of 10,000 services costs the snapshot only what
-//! this waypoint's own services cost. The snapshot is immutable; a new one is swapped in whole.
+//! plain TCP) and the protocol the application speaks; with the Service port's `DestinationRule` policy and
+//! handles to the state that outlives snapshots (breaker, health, in-flight counters:
+//! [`crate::resilience::ResilienceState`]), so a request takes no lock. A mesh of 10,000 services costs the
+//! snapshot only what this waypoint's own services cost. The snapshot is immutable; a new one is swapped in whole.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use mesh::config::{ConfigError, GatewayRef, Mesh, Service};
 use mesh::identity::Identity;
 
-use crate::routes::compile::{compile_tables, AppProtocol, RouteTable, RuleFilters};
+use crate::resilience::balance::{self, EndpointLoad, PickKey, PickOutcome, Ring};
+use crate::resilience::breaker::ServiceBreaker;
+use crate::resilience::outlier::{EndpointHealth, ServiceHealth};
+use crate::resilience::policy::TrafficPolicy;
+use crate::resilience::ResilienceState;
+use crate::routes::compile::{compile_tables_with_state, AppProtocol, RouteTable, RuleFilters};
 use crate::routes::status::RouteStatus;
 
 /// What this waypoint is: its Gateway and how endpoints are reached.
@@ -55,11 +63,20 @@ pub struct Backend {
     pub protocol: AppProtocol,
     /// Backend-level filters (applied after the rule's).
     pub filters: RuleFilters,
-    next: AtomicUsize,
+    /// The Service port's `DestinationRule.trafficPolicy` (defaults without one).
+    pub policy: Arc<TrafficPolicy>,
+    /// The Service's circuit breaker (`ResilienceState::breakers`, kept across snapshots).
+    pub breaker: Arc<ServiceBreaker>,
+    /// The Service's outlier-detection bookkeeping (`ResilienceState::outliers`, kept across snapshots).
+    pub health: Arc<ServiceHealth>,
+    /// The round-robin position.
+    pub(crate) next: AtomicUsize,
+    /// The consistent-hash ring of `endpoints`, built at compile time for a hashing policy, else on first use.
+    ring: OnceLock<Arc<Ring>>,
 }
 
 impl Clone for Backend {
-    /// A copy with its own round-robin position (starting over).
+    /// A copy with its own round-robin position (starting over), sharing the policy, state handles and ring.
     fn clone(&self) -> Backend {
         Backend {
             name: self.name.clone(),
@@ -68,13 +85,18 @@ impl Clone for Backend {
             invalid: self.invalid.clone(),
             protocol: self.protocol,
             filters: self.filters.clone(),
+            policy: self.policy.clone(),
+            breaker: self.breaker.clone(),
+            health: self.health.clone(),
             next: AtomicUsize::new(0),
+            ring: self.ring.clone(),
         }
     }
 }
 
 impl Backend {
-    /// A backend speaking HTTP/1.1, without filters (set `protocol` and `filters` after).
+    /// A backend speaking HTTP/1.1, without filters, with the default policy and state of its own (set
+    /// `protocol`, `filters`, `policy`, ... after).
     pub fn new(
         name: String,
         weight: u32,
@@ -88,11 +110,23 @@ impl Backend {
             invalid,
             protocol: AppProtocol::Http1,
             filters: RuleFilters::default(),
+            policy: Arc::default(),
+            breaker: Arc::default(),
+            health: Arc::default(),
             next: AtomicUsize::new(0),
+            ring: OnceLock::new(),
         }
     }
 
-    /// Round robin over the endpoints.
+    /// Chooses the endpoint for one try by the backend's load balancer, skipping ejected endpoints (unless all
+    /// are) and `key.exclude` (unless it is the only candidate); see [`crate::resilience::balance`]. Hold the
+    /// outcome's `in_flight` guard for the try and send its `set_cookie`, if any, on the response. `None` only
+    /// when there is no endpoint.
+    pub fn pick(&self, key: &PickKey<'_>, now: Instant) -> Option<PickOutcome<'_>> {
+        balance::pick(self, key, now)
+    }
+
+    /// Round robin over the endpoints, ignoring policy and health (superseded by [`Backend::pick`]).
     pub fn next_endpoint(&self) -> Option<&Upstream> {
         if self.endpoints.is_empty() {
             return None;
@@ -100,16 +134,52 @@ impl Backend {
         let i = self.next.fetch_add(1, Ordering::Relaxed);
         self.endpoints.get(i % self.endpoints.len())
     }
+
+    /// The consistent-hash ring of the endpoints (built once).
+    pub fn ring(&self) -> &Arc<Ring> {
+        self.ring
+            .get_or_init(|| Arc::new(Ring::new(self.endpoints.iter().map(|u| u.addr))))
+    }
+
+    /// Sets the ring (shared between backends of one Service port); it must be `endpoints`' ring.
+    pub(crate) fn set_ring(&mut self, ring: Arc<Ring>) {
+        self.ring = OnceLock::from(ring);
+    }
 }
 
-/// How to reach one endpoint.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// How to reach one endpoint, and its state handles.
+#[derive(Clone, Debug)]
 pub struct Upstream {
     /// `podIP:targetPort`.
     pub addr: SocketAddr,
     /// `Some` when the endpoint is in the mesh: dial HBONE there and expect that identity.
     pub hbone: Option<HboneUpstream>,
+    /// Its outlier-detection state (ejected or not), kept across snapshots.
+    pub health: Arc<EndpointHealth>,
+    /// Its requests in flight (`LEAST_REQUEST`), kept across snapshots.
+    pub load: Arc<EndpointLoad>,
 }
+
+impl Upstream {
+    /// An endpoint with state of its own (not registered in a [`ResilienceState`]).
+    pub fn new(addr: SocketAddr, hbone: Option<HboneUpstream>) -> Upstream {
+        Upstream {
+            addr,
+            hbone,
+            health: Arc::default(),
+            load: Arc::default(),
+        }
+    }
+}
+
+impl PartialEq for Upstream {
+    /// Where and how it is reached (not its state).
+    fn eq(&self, other: &Upstream) -> bool {
+        self.addr == other.addr && self.hbone == other.hbone
+    }
+}
+
+impl Eq for Upstream {}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HboneUpstream {
@@ -117,11 +187,12 @@ pub struct HboneUpstream {
     pub identity: Identity,
 }
 
-/// Compiles what this waypoint serves. Unresolvable backend references are not errors (their share of traffic
-/// is answered 500, as the Gateway API says), nor are values the waypoint does not support (the route is left
-/// out and its status says why); malformed values that survived parsing are.
+/// Compiles what this waypoint serves, with resilience state of its own (see [`compile_with_state`]).
+/// Unresolvable backend references are not errors (their share of traffic is answered 500, as the Gateway API
+/// says), nor are values the waypoint does not support (the route is left out and its status says why);
+/// malformed values that survived parsing are.
 pub fn compile(mesh: &Mesh, spec: &WaypointSpec) -> Result<Snapshot, ConfigError> {
-    compile_with_status(mesh, spec).map(|(snapshot, _)| snapshot)
+    compile_with_state(mesh, spec, &ResilienceState::default())
 }
 
 /// [`compile`], also returning the status of every route for each parent (also kept in
@@ -130,7 +201,27 @@ pub fn compile_with_status(
     mesh: &Mesh,
     spec: &WaypointSpec,
 ) -> Result<(Snapshot, Vec<RouteStatus>), ConfigError> {
-    let (services, statuses) = compile_tables(mesh, spec)?;
+    compile_with_state_and_status(mesh, spec, &ResilienceState::default())
+}
+
+/// [`compile`] against the proxy's long-lived `state`: each backend gets its Service's breaker and health, and
+/// each endpoint its health and load counter, from `state` (the same handles as the previous snapshot's for the
+/// same Service and address), so a hot swap keeps in-flight counts, ejections and hash placement.
+pub fn compile_with_state(
+    mesh: &Mesh,
+    spec: &WaypointSpec,
+    state: &ResilienceState,
+) -> Result<Snapshot, ConfigError> {
+    compile_with_state_and_status(mesh, spec, state).map(|(snapshot, _)| snapshot)
+}
+
+/// [`compile_with_state`], also returning the statuses (as [`compile_with_status`]).
+pub fn compile_with_state_and_status(
+    mesh: &Mesh,
+    spec: &WaypointSpec,
+    state: &ResilienceState,
+) -> Result<(Snapshot, Vec<RouteStatus>), ConfigError> {
+    let (services, statuses) = compile_tables_with_state(mesh, spec, state)?;
     let snapshot = Snapshot {
         services,
         statuses: statuses.clone(),
@@ -158,10 +249,7 @@ pub(crate) fn upstreams(
                     identity: w.identity(&mesh.trust_domain),
                 }
             });
-            Upstream {
-                addr: ep.addr,
-                hbone,
-            }
+            Upstream::new(ep.addr, hbone)
         })
         .collect()
 }

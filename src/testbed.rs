@@ -13,6 +13,10 @@
 //! their numbers (VIPs are never bound). Nothing is bound on a shared address except SOCKS5 on `127.0.0.1:0`.
 //! A start that meets a port taken meanwhile is retried on a new subnet.
 //!
+//! An echo closes idle HTTP/1.1 keep-alive connections after a random short time when its Pod has the annotation
+//! `echo.waypoint.dev/idle-close-ms: "5-30"` (or every echo, with [`TestbedOptions::echo_idle_close`]); faults
+//! are injected per instance with [`EchoServer::set_fault`] (see [`echo`]).
+//!
 //! Pods labelled `gateway.networking.k8s.io/gateway-name` (a waypoint's own pods) get neither echo nor
 //! ztunnel. A hot swap ([`Testbed::apply`]) changes what the components route, not which processes run:
 //! Pods or container ports added later get no echo or listener.
@@ -36,7 +40,7 @@ use ztunnel::{NodeConfig, Ztunnel};
 use crate::demo::write_atomic;
 use crate::server::{Waypoint, WaypointConfig};
 pub use client::{Client, Conn, Protocol, Req, Resp};
-pub use echo::{Attempts, Echo, EchoIdentity, EchoServer};
+pub use echo::{Attempts, Echo, EchoIdentity, EchoOptions, EchoServer, Fault, IdleClose};
 use manifests::{PodSpec, Rewrite};
 
 /// How many subnets a start tries before giving up on a port conflict.
@@ -51,6 +55,9 @@ pub const UNSCHEDULED_NODE: &str = "(none)";
 pub struct TestbedOptions {
     /// `namespace/name` of the source workload for SOCKS5 clients whose IP is not one of the node's pods.
     pub default_workload: Option<String>,
+    /// Every echo closes idle keep-alive connections so (a Pod's `echo.waypoint.dev/idle-close-ms` annotation
+    /// wins).
+    pub echo_idle_close: Option<IdleClose>,
 }
 
 /// A running mesh (see the module doc). Dropping it stops the echo servers; [`Testbed::shutdown`] also drains.
@@ -137,7 +144,19 @@ impl Testbed {
                         pod: spec.name.clone(),
                         port,
                     };
-                    let echo = EchoServer::start_shared(addr, identity, attempts.clone())
+                    let idle_close = match &spec.idle_close {
+                        Some(text) => Some(IdleClose::parse_ms(text).with_context(|| {
+                            format!(
+                                "pod {}/{}: annotation {}: {text:?} is not \"MIN-MAX\" or \"MS\"",
+                                spec.namespace,
+                                spec.name,
+                                manifests::IDLE_CLOSE_ANNOTATION
+                            )
+                        })?),
+                        None => opts.echo_idle_close,
+                    };
+                    let options = EchoOptions { idle_close };
+                    let echo = EchoServer::start_with(addr, identity, attempts.clone(), options)
                         .await
                         .with_context(|| format!("echo of {}/{} on {addr}", w.namespace, w.name))?;
                     echoes.push(echo);

@@ -2,11 +2,40 @@
 //! requests, retries in flight and upstream connections. A request over a limit fails fast with 503 `UO`.
 //!
 //! The registry ([`Breakers`]) is touched only when a snapshot is compiled ([`Breakers::for_service`]); the
-//! request path uses the returned [`ServiceBreaker`] (atomics only, no lock, bounded memory).
+//! request path uses the returned [`ServiceBreaker`] (atomics only, no lock, no allocation, bounded memory).
+//!
+//! # How the proxy uses it
+//!
+//! Each `try_*` takes one unit of a limit and returns a [`Permit`] that gives it back when dropped (exactly once:
+//! on success, error, panic unwind or a cancelled future alike), or the [`Overflow`] naming the full limit, which
+//! the proxy answers with 503 and the `UO` flag. A limit of `None` is unlimited (Istio's default, 2^32-1);
+//! `Some(0)` admits nothing (the compiler maps an Istio `0`, which means "default", to `None`).
+//!
+//! | limit | field | take | hold until |
+//! |---|---|---|---|
+//! | [`try_request`](ServiceBreaker::try_request) | `http2MaxRequests` | when the request is routed to the service | the downstream request ends (all its tries) |
+//! | [`try_retry`](ServiceBreaker::try_retry) | `maxRetries` | before each retry (not the first try) | that retry's try ends |
+//! | [`try_pending`](ServiceBreaker::try_pending) | `http1MaxPendingRequests` | when a try starts waiting for an upstream connection | it is connected (or fails) |
+//! | [`try_connection`](ServiceBreaker::try_connection) | `maxConnections` | when a new upstream connection is dialled (not on reuse) | that connection closes |
+//!
+//! Istio's `maxRetries` is concurrent retries; Envoy's own default is 3, but Istio sets it to 2^32-1, so `None`
+//! here is unlimited; a retry budget bounds retries separately.
+//!
+//! Pending and connection counts are approximations: upstream connections live in Pingora's pool, which does
+//! not report a request waiting for a connection or a pooled connection closing. The proxy counts what it sees:
+//! a try is "pending" from `upstream_peer` until `connected_to_upstream` or `fail_to_connect`; a connection
+//! permit is best held by the HBONE relay task (`crate::upstream`) for as long as it copies one pooled connection
+//! (one CONNECT stream = one application connection, so that count is exact for HBONE endpoints); for plain TCP
+//! endpoints, taking it on `connected_to_upstream(reused = false)` and holding it for the request only bounds
+//! new connections in flight, not the pool.
 
+pub(in crate::resilience) mod registry;
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::policy::ConnectionPool;
+use registry::Registry;
 
 /// Which limit was hit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,46 +46,161 @@ pub enum Overflow {
     Connections,
 }
 
+impl Overflow {
+    /// Every limit, in counter order.
+    pub const ALL: [Overflow; 4] = [
+        Overflow::Requests,
+        Overflow::Pending,
+        Overflow::Retries,
+        Overflow::Connections,
+    ];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The limit's name in Istio's `connectionPool`, for logs and metrics labels.
+    pub fn field(self) -> &'static str {
+        match self {
+            Overflow::Requests => "http2MaxRequests",
+            Overflow::Pending => "http1MaxPendingRequests",
+            Overflow::Retries => "maxRetries",
+            Overflow::Connections => "maxConnections",
+        }
+    }
+}
+
 /// All services' breakers, kept across snapshots.
+///
+/// A breaker nothing holds any more (no snapshot, no permit) is pruned when the registry has grown, or by
+/// [`Breakers::retain_live`].
 #[derive(Debug, Default)]
 pub struct Breakers {
-    // implementation detail: Mutex<HashMap<String, Arc<ServiceBreaker>>> (compile time only)
+    services: Registry<Box<str>, ServiceBreaker>,
 }
 
 impl Breakers {
     /// The breaker of service `key` (`namespace/name`), created on first use.
     pub fn for_service(&self, key: &str) -> Arc<ServiceBreaker> {
-        todo!("{key}")
+        self.services
+            .get_or_create(key, ServiceBreaker::default, |_| {})
+    }
+
+    /// Drops the breakers of services no snapshot or permit holds any more; returns how many remain. Optional
+    /// (the registry also prunes itself as it grows); call it after a new snapshot is swapped in to free memory
+    /// at once.
+    pub fn retain_live(&self) -> usize {
+        self.services.retain_live(|_| {})
+    }
+
+    /// Breakers held now (for tests and the admin page).
+    pub fn len(&self) -> usize {
+        self.services.len()
+    }
+
+    /// Whether no breaker is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
 /// One service's counters.
 #[derive(Debug, Default)]
 pub struct ServiceBreaker {
-    // implementation detail: atomics
+    /// Units held now, by [`Overflow::index`].
+    held: [AtomicU32; 4],
+    /// Refusals, by [`Overflow::index`].
+    refused: [AtomicU64; 4],
 }
 
 /// Holds one unit of a limit; releases it when dropped.
+///
+/// Not `Clone`; dropping it (or the future that owns it) releases exactly once. `mem::forget` leaks the unit.
 #[derive(Debug)]
+#[must_use = "the unit is released as soon as the permit is dropped"]
 pub struct Permit {
-    // implementation detail
+    breaker: Arc<ServiceBreaker>,
+    kind: Overflow,
+}
+
+impl Permit {
+    /// The limit this permit holds a unit of.
+    pub fn kind(&self) -> Overflow {
+        self.kind
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.breaker.held[self.kind.index()].fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl ServiceBreaker {
     /// Admits a request (`http2MaxRequests`), or says which limit is full.
     pub fn try_request(self: &Arc<Self>, limits: &ConnectionPool) -> Result<Permit, Overflow> {
-        todo!("{limits:?}")
+        self.try_take(Overflow::Requests, limits.max_requests)
     }
-    /// Admits a retry (`maxRetries`).
+
+    /// Admits a retry (`maxRetries`: concurrent retries; `None` is unlimited).
     pub fn try_retry(self: &Arc<Self>, limits: &ConnectionPool) -> Result<Permit, Overflow> {
-        todo!("{limits:?}")
+        self.try_take(Overflow::Retries, limits.max_retries)
     }
+
+    /// Admits a try waiting for an upstream connection (`http1MaxPendingRequests`; an approximation, see the module
+    /// documentation).
+    pub fn try_pending(self: &Arc<Self>, limits: &ConnectionPool) -> Result<Permit, Overflow> {
+        self.try_take(Overflow::Pending, limits.max_pending_requests)
+    }
+
+    /// Admits a new upstream connection (`maxConnections`; an approximation, see the module documentation).
+    pub fn try_connection(self: &Arc<Self>, limits: &ConnectionPool) -> Result<Permit, Overflow> {
+        self.try_take(Overflow::Connections, limits.max_connections)
+    }
+
+    /// Takes one unit of `kind` if fewer than `max` are held (compare-and-swap, so the limit is never exceeded
+    /// even for a moment); counts a refusal otherwise.
+    fn try_take(self: &Arc<Self>, kind: Overflow, max: Option<u32>) -> Result<Permit, Overflow> {
+        let held = &self.held[kind.index()];
+        let admitted = match max {
+            None => {
+                held.fetch_add(1, Ordering::AcqRel);
+                true
+            }
+            Some(max) => held
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < max).then_some(n + 1)
+                })
+                .is_ok(),
+        };
+        if admitted {
+            Ok(Permit {
+                breaker: self.clone(),
+                kind,
+            })
+        } else {
+            self.refused[kind.index()].fetch_add(1, Ordering::Relaxed);
+            Err(kind)
+        }
+    }
+
     /// Requests in flight now.
     pub fn in_flight(&self) -> u32 {
-        todo!()
+        self.held_now(Overflow::Requests)
     }
+
+    /// Units of `kind` held now (requests, pending tries, retries or connections).
+    pub fn held_now(&self, kind: Overflow) -> u32 {
+        self.held[kind.index()].load(Ordering::Acquire)
+    }
+
     /// Times a limit refused a request (for metrics and tests).
     pub fn overflows(&self) -> u64 {
-        todo!()
+        Overflow::ALL.iter().map(|&k| self.overflows_of(k)).sum()
+    }
+
+    /// Times the `kind` limit refused (Envoy's `upstream_rq_pending_overflow`, `upstream_rq_retry_overflow`, …).
+    pub fn overflows_of(&self, kind: Overflow) -> u64 {
+        self.refused[kind.index()].load(Ordering::Relaxed)
     }
 }

@@ -25,6 +25,7 @@
 //! `hostnames` without effect for Service parents.
 
 mod backends;
+mod destinations;
 mod filters;
 mod parents;
 mod rules;
@@ -40,6 +41,7 @@ use waypoint_filters::{HeaderModifier, MirrorFraction, Redirect, UrlRewrite};
 
 use super::matching::{MatchTable, Origin, RequestView, RouteMatch};
 use super::status::RouteStatus;
+use crate::resilience::ResilienceState;
 use crate::snapshot::{Backend, WaypointSpec};
 
 /// The protocol spoken to the application (from the Service port's `appProtocol`, or the route kind).
@@ -124,6 +126,9 @@ pub struct Rule {
     pub filters: RuleFilters,
     pub timeouts: Timeouts,
     pub retry: Option<RetryPolicy>,
+    /// Resets before the response are retried for every method (route annotation
+    /// `retry.waypoint.dev/reset-before-response: "true"`), not only for idempotent ones.
+    pub retry_resets: bool,
 }
 
 /// A rule's (or a backend's) filters, compiled.
@@ -180,6 +185,15 @@ pub(crate) struct Cx<'a> {
     pub mesh: &'a Mesh,
     pub spec: &'a WaypointSpec,
     pub grants: backends::Grants<'a>,
+    /// Destination Service ports resolved so far (policy, state handles, endpoints).
+    pub destinations: destinations::Destinations<'a>,
+}
+
+impl Cx<'_> {
+    /// Service `svc`'s port `port` as a destination (resolved once per compile).
+    pub fn destination(&self, svc: &Service, port: u16) -> std::rc::Rc<destinations::Destination> {
+        self.destinations.get(self.mesh, self.spec, svc, port)
+    }
 }
 
 /// How an accepted route attaches to a table.
@@ -196,15 +210,27 @@ pub(crate) type Tables = HashMap<SocketAddr, Arc<RouteTable>>;
 
 /// The route tables of every Service port bound to this waypoint (by VIP:port), and the status of every route
 /// of the mesh for each of its parents, as seen by this waypoint.
+/// Backends get state handles of their own (see [`compile_tables_with_state`]).
 pub(crate) fn compile_tables(
     mesh: &Mesh,
     spec: &WaypointSpec,
+) -> Result<(Tables, Vec<RouteStatus>), ConfigError> {
+    compile_tables_with_state(mesh, spec, &ResilienceState::default())
+}
+
+/// [`compile_tables`], backends getting their Service port's policy and handles into `state` (see
+/// `destinations`).
+pub(crate) fn compile_tables_with_state(
+    mesh: &Mesh,
+    spec: &WaypointSpec,
+    state: &ResilienceState,
 ) -> Result<(Tables, Vec<RouteStatus>), ConfigError> {
     let routes = spec::routes(mesh)?;
     let cx = Cx {
         mesh,
         spec,
         grants: backends::Grants::new(mesh),
+        destinations: destinations::Destinations::new(state),
     };
     let mut statuses = Vec::new();
     // (service namespace, service name) → (route, port filter, section filter, role); Gateway routes apart.

@@ -17,7 +17,20 @@
 //! | `x-echo-set-header: name=value` | set a response header (repeatable) |
 //! | `x-echo-fail-first: N` + `x-echo-request-id: ID` | fail the first N attempts of request ID (counted across every echo sharing the [`Attempts`] table: a whole testbed), then answer normally |
 //! | `x-echo-fail-mode: reset` | fail by resetting the connection (TCP RST in HTTP/1.1, `RST_STREAM` in HTTP/2) instead of answering 503 |
+//! | `x-echo-fail-mode: close` | fail by closing the connection without an answer (FIN in HTTP/1.1) |
+//! | `x-echo-fail-mode: hang` | fail by never answering (the request is read; the answer waits [`HANG_LIMIT`]) |
 //! | `x-echo-grpc-status: N` | the `grpc-status` trailer of a gRPC answer (default 0) |
+//!
+//! Per instance ([`EchoOptions`], set at start; [`EchoServer::set_fault`], any time):
+//!
+//! - **idle close** ([`IdleClose`]): an HTTP/1.1 keep-alive connection left idle (no byte read or written, no
+//!   request in flight) for a random time in `min..=max`, drawn anew for each idle period, is closed — the
+//!   classic keep-alive race: a request the client sends just then meets a closed socket (a FIN, or a RST when
+//!   its bytes arrived before the close). Counted in [`EchoServer::idle_closes`]. The testbed sets it from the
+//!   Pod annotation `echo.waypoint.dev/idle-close-ms: "5-30"` (or `TestbedOptions::echo_idle_close`).
+//! - **faults** ([`Fault`]): refuse (stop listening and reset open connections, until cleared), reset every
+//!   request, close without answering, hang, answer a status, delay every answer. Header controls still apply
+//!   on top of `Fault::None` and `Fault::Delay`.
 //!
 //! gRPC: a request whose `content-type` starts with `application/grpc` is answered `200`,
 //! `content-type: application/grpc`, with one length-prefixed message whose payload is the JSON, and the trailer
@@ -28,7 +41,7 @@ use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -43,10 +56,62 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
 /// At most this many answers are kept per instance for [`EchoServer::seen`].
 const SEEN_CAP: usize = 10_000;
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// How long a hanging answer waits before the connection is dropped (so a test cannot leak it forever).
+pub const HANG_LIMIT: Duration = Duration::from_secs(60);
+
+/// Closing idle HTTP/1.1 keep-alive connections after a random idle time in `min..=max`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdleClose {
+    pub min: Duration,
+    pub max: Duration,
+}
+
+impl IdleClose {
+    /// `"5-30"` (milliseconds, a range) or `"20"` (exactly).
+    pub fn parse_ms(text: &str) -> Option<IdleClose> {
+        let ms = |t: &str| t.trim().parse::<u64>().ok().map(Duration::from_millis);
+        let (min, max) = match text.split_once('-') {
+            Some((a, b)) => (ms(a)?, ms(b)?),
+            None => (ms(text)?, ms(text)?),
+        };
+        (min <= max).then_some(IdleClose { min, max })
+    }
+
+    fn draw(&self) -> Duration {
+        let (lo, hi) = (self.min.as_micros() as u64, self.max.as_micros() as u64);
+        Duration::from_micros(fastrand::u64(lo..=hi))
+    }
+}
+
+/// Options of one echo instance.
+#[derive(Clone, Debug, Default)]
+pub struct EchoOptions {
+    pub idle_close: Option<IdleClose>,
+}
+
+/// An instance-wide failure, injected with [`EchoServer::set_fault`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Fault {
+    #[default]
+    None,
+    /// Stop listening (connections are refused) and reset every open connection, until cleared.
+    Refuse,
+    /// Read each request, then reset the connection (TCP RST; `RST_STREAM` in HTTP/2).
+    Reset,
+    /// Read each request, then close the connection without an answer (FIN).
+    Close,
+    /// Read each request and never answer (until [`HANG_LIMIT`]).
+    Hang,
+    /// Answer every request with this status (and the usual JSON body).
+    Status(u16),
+    /// Delay every answer by this much (header controls still apply).
+    Delay(Duration),
+}
 
 /// Who an echo instance is.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,6 +197,11 @@ impl Attempts {
 pub struct EchoStats {
     pub requests: AtomicU64,
     pub connections: AtomicU64,
+    /// Keep-alive connections closed because they were idle ([`IdleClose`]).
+    pub idle_closes: AtomicU64,
+    /// Requests being answered now, and the most seen at once.
+    pub in_flight: AtomicU32,
+    pub max_in_flight: AtomicU32,
     /// Attempts per request id seen by this instance.
     attempts: Attempts,
     seen: Mutex<Vec<Echo>>,
@@ -142,6 +212,7 @@ pub struct EchoServer {
     addr: SocketAddr,
     identity: EchoIdentity,
     stats: Arc<EchoStats>,
+    fault: watch::Sender<Fault>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -156,6 +227,8 @@ struct Shared {
     identity: EchoIdentity,
     stats: Arc<EchoStats>,
     attempts: Arc<Attempts>,
+    options: EchoOptions,
+    fault: watch::Receiver<Fault>,
 }
 
 impl EchoServer {
@@ -170,31 +243,45 @@ impl EchoServer {
         identity: EchoIdentity,
         attempts: Arc<Attempts>,
     ) -> io::Result<EchoServer> {
+        Self::start_with(addr, identity, attempts, EchoOptions::default()).await
+    }
+
+    /// [`EchoServer::start_shared`] with options.
+    pub async fn start_with(
+        addr: SocketAddr,
+        identity: EchoIdentity,
+        attempts: Arc<Attempts>,
+        options: EchoOptions,
+    ) -> io::Result<EchoServer> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let stats = Arc::new(EchoStats::default());
+        let (fault, fault_rx) = watch::channel(Fault::None);
         let shared = Arc::new(Shared {
             identity: identity.clone(),
             stats: stats.clone(),
             attempts,
+            options,
+            fault: fault_rx,
         });
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                    continue;
-                };
-                let _ = tcp.set_nodelay(true);
-                shared.stats.connections.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(serve_connection(tcp, shared.clone()));
-            }
-        });
+        let task = tokio::spawn(accept_loop(listener, addr, shared));
         Ok(EchoServer {
             addr,
             identity,
             stats,
+            fault,
             task,
         })
+    }
+
+    /// Injects (or, with [`Fault::None`], clears) an instance-wide failure. [`Fault::Refuse`] takes effect at
+    /// once: the listener is closed and open connections are reset; clearing it listens again on the same address.
+    pub fn set_fault(&self, fault: Fault) {
+        self.fault.send_replace(fault);
+    }
+
+    pub fn fault(&self) -> Fault {
+        *self.fault.borrow()
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -211,6 +298,25 @@ impl EchoServer {
     pub fn connections(&self) -> u64 {
         self.stats.connections.load(Ordering::Relaxed)
     }
+    /// Keep-alive connections this instance closed because they were idle.
+    pub fn idle_closes(&self) -> u64 {
+        self.stats.idle_closes.load(Ordering::Relaxed)
+    }
+    /// The most requests this instance was answering at once.
+    pub fn max_in_flight(&self) -> u32 {
+        self.stats.max_in_flight.load(Ordering::Relaxed)
+    }
+    /// Requests being answered now.
+    pub fn in_flight(&self) -> u32 {
+        self.stats.in_flight.load(Ordering::Relaxed)
+    }
+    /// Starts counting [`EchoServer::max_in_flight`] afresh.
+    pub fn reset_max_in_flight(&self) {
+        self.stats.max_in_flight.store(
+            self.stats.in_flight.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+    }
     /// Attempts of request `id` that reached this instance.
     pub fn attempts(&self, id: &str) -> u64 {
         self.stats.attempts.get(id)
@@ -221,24 +327,122 @@ impl EchoServer {
     }
 }
 
-/// Serves one connection: HTTP/2 when it opens with the prior-knowledge preface, else HTTP/1.1.
+/// Accepts until dropped; while [`Fault::Refuse`] holds, does not listen at all.
+async fn accept_loop(listener: TcpListener, addr: SocketAddr, shared: Arc<Shared>) {
+    let mut fault = shared.fault.clone();
+    let mut listener = Some(listener);
+    loop {
+        if *fault.borrow_and_update() == Fault::Refuse {
+            listener = None;
+            if fault.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let Some(l) = listener.as_ref() else {
+            match TcpListener::bind(addr).await {
+                Ok(l) => listener = Some(l),
+                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+            continue;
+        };
+        tokio::select! {
+            accepted = l.accept() => {
+                let Ok((tcp, _)) = accepted else {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                };
+                let _ = tcp.set_nodelay(true);
+                shared.stats.connections.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(serve_connection(tcp, shared.clone()));
+            }
+            changed = fault.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// What one connection's idle-close watch needs: when it last moved a byte, and whether a request is open.
+#[derive(Default)]
+struct Activity {
+    /// Bumped on every read or write that moved bytes, and when an answer is ready.
+    epoch: AtomicU64,
+    in_flight: AtomicU32,
+}
+
+/// Serves one connection: HTTP/2 when it opens with the prior-knowledge preface, else HTTP/1.1 (closed when
+/// idle, when the instance has [`IdleClose`]). A [`Fault::Refuse`] resets it.
 async fn serve_connection(tcp: TcpStream, shared: Arc<Shared>) {
     let h2 = starts_with_h2_preface(&tcp).await;
     let reset = Arc::new(AtomicBool::new(false));
+    let activity = Arc::new(Activity::default());
     let io = TokioIo::new(ResetOnDrop {
         tcp,
         reset: reset.clone(),
+        activity: activity.clone(),
     });
-    let svc = service_fn(move |req| answer(req, shared.clone(), reset.clone()));
-    let _ = if h2 {
-        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .serve_connection(io, svc)
-            .await
-    } else {
-        hyper::server::conn::http1::Builder::new()
-            .serve_connection(io, svc)
-            .await
+    let svc = {
+        let (shared, reset, activity) = (shared.clone(), reset.clone(), activity.clone());
+        service_fn(move |req| answer(req, shared.clone(), reset.clone(), activity.clone()))
     };
+    let conn: Pin<Box<dyn std::future::Future<Output = ()> + Send>> = if h2 {
+        let c = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(io, svc);
+        Box::pin(async move {
+            let _ = c.await;
+        })
+    } else {
+        let c = hyper::server::conn::http1::Builder::new().serve_connection(io, svc);
+        Box::pin(async move {
+            let _ = c.await;
+        })
+    };
+    let idle = shared.options.idle_close.filter(|_| !h2);
+    let mut fault = shared.fault.clone();
+    tokio::select! {
+        () = conn => {}
+        () = refused(&mut fault) => reset.store(true, Ordering::Relaxed),
+        () = idle_closer(idle, &activity) => {
+            shared.stats.idle_closes.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    // Dropping the connection closes the socket: a FIN, or a RST when `reset` is set (or bytes were unread).
+}
+
+/// Returns when the instance starts refusing.
+async fn refused(fault: &mut watch::Receiver<Fault>) {
+    loop {
+        if *fault.borrow_and_update() == Fault::Refuse {
+            return;
+        }
+        if fault.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
+}
+
+/// Returns when the connection has been idle (no byte moved, no request open) for a random time of `idle`;
+/// never without `idle`.
+async fn idle_closer(idle: Option<IdleClose>, activity: &Activity) {
+    let Some(idle) = idle else {
+        return std::future::pending().await;
+    };
+    let mut seen = activity.epoch.load(Ordering::Acquire);
+    let mut wait = idle.draw();
+    loop {
+        tokio::time::sleep(wait).await;
+        let now = activity.epoch.load(Ordering::Acquire);
+        if now == seen && activity.in_flight.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        if now != seen {
+            // A new idle period: a new random length.
+            (seen, wait) = (now, idle.draw());
+        }
+    }
 }
 
 /// Peeks (without consuming) whether the client sent the HTTP/2 connection preface.
@@ -265,6 +469,7 @@ async fn starts_with_h2_preface(tcp: &TcpStream) -> bool {
 struct ResetOnDrop {
     tcp: TcpStream,
     reset: Arc<AtomicBool>,
+    activity: Arc<Activity>,
 }
 
 impl Drop for ResetOnDrop {
@@ -281,7 +486,12 @@ impl AsyncRead for ResetOnDrop {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.tcp).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.epoch.fetch_add(1, Ordering::AcqRel);
+        }
+        r
     }
 }
 
@@ -291,7 +501,11 @@ impl AsyncWrite for ResetOnDrop {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.tcp).poll_write(cx, buf)
+        let r = Pin::new(&mut self.tcp).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.epoch.fetch_add(1, Ordering::AcqRel);
+        }
+        r
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.tcp).poll_flush(cx)
@@ -310,8 +524,19 @@ struct Controls {
     delay: Option<Duration>,
     set_headers: Vec<(String, String)>,
     fail_first: u64,
-    reset: bool,
+    fail_mode: FailMode,
     grpc_status: Option<String>,
+}
+
+/// How a failing attempt fails (`x-echo-fail-mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum FailMode {
+    /// Answer 503.
+    #[default]
+    Status,
+    Reset,
+    Close,
+    Hang,
 }
 
 impl Controls {
@@ -332,9 +557,38 @@ impl Controls {
                 .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
                 .collect(),
             fail_first: number("x-echo-fail-first").unwrap_or(0),
-            reset: text("x-echo-fail-mode") == Some("reset"),
+            fail_mode: match text("x-echo-fail-mode") {
+                Some("reset") => FailMode::Reset,
+                Some("close") => FailMode::Close,
+                Some("hang") => FailMode::Hang,
+                _ => FailMode::Status,
+            },
             grpc_status: text("x-echo-grpc-status").map(str::to_string),
         }
+    }
+}
+
+/// Counts a request in flight (instance and connection) until dropped.
+struct InFlight {
+    stats: Arc<EchoStats>,
+    activity: Arc<Activity>,
+}
+
+impl InFlight {
+    fn new(stats: Arc<EchoStats>, activity: Arc<Activity>) -> InFlight {
+        let now = stats.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+        stats.max_in_flight.fetch_max(now, Ordering::AcqRel);
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight { stats, activity }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.stats.in_flight.fetch_sub(1, Ordering::AcqRel);
+        // The answer is about to be written: a new idle period starts no earlier than now.
+        self.activity.epoch.fetch_add(1, Ordering::AcqRel);
+        self.activity.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -342,7 +596,9 @@ async fn answer(
     req: Request<Incoming>,
     shared: Arc<Shared>,
     reset: Arc<AtomicBool>,
+    activity: Arc<Activity>,
 ) -> io::Result<Response<Body>> {
+    let _in_flight = InFlight::new(shared.stats.clone(), activity);
     let (parts, body) = req.into_parts();
     let body = body
         .collect()
@@ -367,22 +623,50 @@ async fn answer(
             seen.push(echo.clone());
         }
     }
-    if let Some(d) = controls.delay {
+    let fault = *shared.fault.borrow();
+    let failing = request_id.is_some() && attempt <= controls.fail_first;
+    let mode = match fault {
+        Fault::Reset => Some(FailMode::Reset),
+        Fault::Close | Fault::Refuse => Some(FailMode::Close),
+        Fault::Hang => Some(FailMode::Hang),
+        _ if failing => Some(controls.fail_mode),
+        _ => None,
+    };
+    let delay = match fault {
+        Fault::Delay(d) => Some(d + controls.delay.unwrap_or_default()),
+        _ => controls.delay,
+    };
+    if let Some(d) = delay {
         tokio::time::sleep(d).await;
     }
     let json = Bytes::from(serde_json::to_vec(&echo).expect("an Echo serializes"));
-    let failing = request_id.is_some() && attempt <= controls.fail_first;
-    if failing && controls.reset {
-        reset.store(true, Ordering::Relaxed);
-        return Err(io::Error::new(
-            io::ErrorKind::ConnectionReset,
-            "x-echo-fail-mode: reset",
-        ));
+    match mode {
+        Some(FailMode::Reset) => {
+            reset.store(true, Ordering::Relaxed);
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "x-echo-fail-mode: reset",
+            ));
+        }
+        Some(FailMode::Close) => {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "x-echo-fail-mode: close",
+            ));
+        }
+        Some(FailMode::Hang) => {
+            tokio::time::sleep(HANG_LIMIT).await;
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "x-echo-fail-mode: hang",
+            ));
+        }
+        Some(FailMode::Status) | None => {}
     }
-    let status = if failing {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        controls.status.unwrap_or(StatusCode::OK)
+    let status = match fault {
+        Fault::Status(s) => StatusCode::from_u16(s).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+        _ if failing => StatusCode::SERVICE_UNAVAILABLE,
+        _ => controls.status.unwrap_or(StatusCode::OK),
     };
     let grpc = parts
         .headers

@@ -20,6 +20,10 @@ pub const WRITTEN_NET: &str = "127.0.0.";
 /// The label that marks a Gateway's own pods (waypoint pods): no ztunnel speaks for them, no echo runs there.
 pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
 
+/// The Pod annotation that makes a pod's echo close idle keep-alive connections: `"5-30"` (a random idle time
+/// between 5 and 30 ms, drawn per idle period) or `"20"`. See [`super::echo::IdleClose`].
+pub const IDLE_CLOSE_ANNOTATION: &str = "echo.waypoint.dev/idle-close-ms";
+
 /// How one testbed rewrites manifests (and hosts dialled by its clients).
 #[derive(Clone, Debug)]
 pub struct Rewrite {
@@ -40,6 +44,8 @@ pub struct PodSpec {
     pub app: Option<String>,
     /// A waypoint's own pod.
     pub gateway_pod: bool,
+    /// [`IDLE_CLOSE_ANNOTATION`], as written (checked when the testbed starts).
+    pub idle_close: Option<String>,
 }
 
 impl Rewrite {
@@ -255,6 +261,14 @@ fn pod(doc: &Value) -> Option<PodSpec> {
         ports,
         app: label("app").map(str::to_string),
         gateway_pod: label(GATEWAY_NAME_LABEL).is_some(),
+        idle_close: meta
+            .get("annotations")
+            .and_then(|a| a.get(IDLE_CLOSE_ANNOTATION))
+            .and_then(|v| match v {
+                Value::String(s) => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            }),
     })
 }
 
@@ -321,5 +335,12 @@ status:
         let p = pods(&documents(TEXT).unwrap()[1]);
         assert_eq!(p[0].ports, [8080]);
         assert_eq!(p[0].app.as_deref(), Some("a"));
+        assert_eq!(p[0].idle_close, None);
+        let annotated = "kind: Pod
+metadata: {name: b, annotations: {echo.waypoint.dev/idle-close-ms: \"5-30\"}}
+spec: {containers: [{name: c}]}
+";
+        let p = pods(&documents(annotated).unwrap()[0]);
+        assert_eq!(p[0].idle_close.as_deref(), Some("5-30"));
     }
 }

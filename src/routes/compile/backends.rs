@@ -1,5 +1,6 @@
 //! Backend references → [`Backend`]s: kind, namespace (a `ReferenceGrant` in the backend's namespace must allow
-//! a cross-namespace reference), Service and port, protocol, endpoints, backend-level filters.
+//! a cross-namespace reference), Service and port, protocol, endpoints with the destination's policy and state
+//! handles (`destinations`), backend-level filters.
 //!
 //! A reference that does not resolve is kept as a backend with `invalid` set (its share of traffic is answered
 //! 500, as the Gateway API says) and reported as `ResolvedRefs=False` with `InvalidKind`, `RefNotPermitted` or
@@ -14,7 +15,7 @@ use super::filters::{self, Level};
 use super::rules::{RefProblem, RouteCx};
 use super::spec::BackendRefSpec;
 use super::{AppProtocol, Cx, RouteKind, Rule, RuleFilters, Timeouts};
-use crate::snapshot::{upstreams, Backend};
+use crate::snapshot::Backend;
 
 /// The API group of routes, in ReferenceGrant `from`.
 const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
@@ -150,11 +151,9 @@ pub(crate) fn backend(
     if route.kind == RouteKind::Grpc {
         protocol = AppProtocol::H2c;
     }
-    let endpoints = match (&problem, svc, port) {
-        (None, Some(svc), Some(port)) if rc.endpoints => {
-            upstreams(rc.cx.mesh, rc.cx.spec, svc, port)
-        }
-        _ => Vec::new(),
+    let destination = match (&problem, svc, port) {
+        (None, Some(svc), Some(port)) if rc.endpoints => Some(rc.cx.destination(svc, port)),
+        _ => None,
     };
     let filters = if mirror {
         RuleFilters::default()
@@ -163,7 +162,10 @@ pub(crate) fn backend(
     };
     let invalid = problem.as_ref().map(|p| p.message.clone());
     rc.out.refs.extend(problem);
-    let mut backend = Backend::new(name, weight, endpoints, invalid);
+    let mut backend = Backend::new(name, weight, Vec::new(), invalid);
+    if let Some(d) = destination {
+        d.apply(&mut backend);
+    }
     backend.protocol = protocol;
     backend.filters = filters;
     Ok(backend)
@@ -172,12 +174,8 @@ pub(crate) fn backend(
 /// The rule of a Service port without an accepted producer route: all traffic to the Service itself.
 pub(crate) fn default_rule(cx: &Cx<'_>, svc: &Service, port: u16) -> Rule {
     let name = format!("{}/{}", svc.namespace, svc.name);
-    let mut backend = Backend::new(
-        format!("{name}:{port}"),
-        1,
-        upstreams(cx.mesh, cx.spec, svc, port),
-        None,
-    );
+    let mut backend = Backend::new(format!("{name}:{port}"), 1, Vec::new(), None);
+    cx.destination(svc, port).apply(&mut backend);
     if let Some(sp) = svc.ports.iter().find(|p| p.port == port) {
         backend.protocol = AppProtocol::of_port(sp.app_protocol.as_deref(), sp.name.as_deref());
     }
@@ -189,5 +187,6 @@ pub(crate) fn default_rule(cx: &Cx<'_>, svc: &Service, port: u16) -> Rule {
         filters: RuleFilters::default(),
         timeouts: Timeouts::default(),
         retry: None,
+        retry_resets: false,
     }
 }

@@ -99,6 +99,7 @@ pub(crate) fn compile_route(
             filters,
             timeouts,
             retry,
+            retry_resets: route.retry_resets,
         });
     }
     Ok(rc.out)

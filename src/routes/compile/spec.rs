@@ -22,8 +22,15 @@ pub(crate) struct RouteSpec {
     pub name: String,
     /// `metadata.creationTimestamp`, RFC 3339 with nanoseconds (so the text sorts chronologically).
     pub created: Option<String>,
+    /// The annotation [`RETRY_RESETS_ANNOTATION`] is `"true"`: resets before the response are retried for
+    /// every method, not only idempotent ones.
+    pub retry_resets: bool,
     pub body: Body,
 }
+
+/// Opts a route into retrying non-idempotent requests after a reset before any response byte (Envoy's `reset`
+/// retry condition): only for handlers that are safe to run twice.
+pub const RETRY_RESETS_ANNOTATION: &str = "retry.waypoint.dev/reset-before-response";
 
 impl RouteSpec {
     /// `HTTPRoute ns/name`.
@@ -217,6 +224,11 @@ pub(crate) fn routes(mesh: &Mesh) -> Result<Vec<RouteSpec>, ConfigError> {
                     namespace: m.namespace.clone().unwrap_or_else(|| "default".into()),
                     name: m.name.clone().unwrap_or_default(),
                     created,
+                    retry_resets: m
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get(RETRY_RESETS_ANNOTATION))
+                        .is_some_and(|v| v == "true"),
                     body: Body::default(),
                 };
                 route.body = neutral(&r.object.spec).map_err(|e| route.err("spec", e))?;
