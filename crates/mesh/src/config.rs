@@ -3,8 +3,9 @@
 //!
 //! Kinds read: `Namespace`, `Service`, `Pod`, `EndpointSlice` (discovery.k8s.io/v1), `Gateway`, `HTTPRoute`
 //! (experimental channel types: a superset with `retry`), `GRPCRoute` (gateway.networking.k8s.io/v1) and
-//! `ReferenceGrant` (v1beta1 and v1). Other kinds are skipped with a warning (kept by kind, so later stages can
-//! add `AuthorizationPolicy`, `DestinationRule` here). Routes are checked as the API server would (the CRDs'
+//! `ReferenceGrant` (v1beta1 and v1), and Istio's `DestinationRule` (networking.istio.io v1, v1beta1, v1alpha3;
+//! the fields read and ignored are listed in [`destination`]). Other kinds are skipped with a warning (kept by
+//! kind, so later stages can add `AuthorizationPolicy` here). Routes are checked as the API server would (the CRDs'
 //! schema and CEL rules that matter here: negative weights, relative paths, a Service `backendRef` without
 //! `port`, ...); what is valid Kubernetes but not supported is left to the compiler, which reports it in the
 //! route's status instead of failing the load. Types come from `k8s-openapi` and
@@ -18,6 +19,7 @@
 //! IP on its HBONE listener port; its identity is `spiffe://<td>/ns/<gw-namespace>/sa/<gw-name>`.
 //! A workload is in the mesh (reached over HBONE) when its Pod or Namespace has `istio.io/dataplane-mode: ambient`.
 
+pub mod destination;
 pub mod live;
 mod parse;
 mod resolve;
@@ -31,6 +33,7 @@ use std::sync::Arc;
 
 use crate::identity::Identity;
 
+pub use destination::DestinationRule;
 pub use live::{watch_dir, Live, WatchGuard};
 pub use routes::{LabelExpression, LabelSelector, RouteNamespaces};
 
@@ -205,6 +208,8 @@ pub struct Mesh {
     pub grpc_routes: Vec<Sourced<gateway::GrpcRoute>>,
     /// ReferenceGrants (v1beta1 and v1, read into the v1 type), namespace filled in.
     pub reference_grants: Vec<Sourced<gateway::ReferenceGrant>>,
+    /// Istio DestinationRules (v1, v1beta1, v1alpha3), validated, their host resolved to a Service.
+    pub destination_rules: Vec<Sourced<DestinationRule>>,
     /// Kinds not understood, counted (skipped with a warning). Keyed by `kind`, or by `kind apiVersion` when the
     /// kind is known but not in that API version (e.g. an Istio `Gateway`).
     pub skipped: BTreeMap<String, usize>,
@@ -257,6 +262,22 @@ impl Mesh {
             return self.service(&namespace.to_ascii_lowercase(), &name.to_ascii_lowercase());
         }
         self.service(namespace, name)
+    }
+    /// The `DestinationRule` that applies to Service `namespace/name`, when one does (see [`destination`] for
+    /// which one when several name it).
+    pub fn destination_rule(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<&Sourced<DestinationRule>> {
+        let key = (namespace.to_string(), name.to_string());
+        self.destination_rules
+            .get(*self.index.rule_by_service.get(&key)?)
+    }
+    /// The `DestinationRule` of `service` ([`Mesh::destination_rule`]).
+    pub fn destination_rule_of(&self, service: &Service) -> Option<&DestinationRule> {
+        self.destination_rule(&service.namespace, &service.name)
+            .map(|r| &r.object)
     }
     pub fn workload_by_ip(&self, ip: IpAddr) -> Option<&Arc<Workload>> {
         self.workloads.get(*self.index.workload_by_ip.get(&ip)?)
@@ -380,6 +401,8 @@ struct Index {
     /// Per service: its EndpointSlices (indexes in `slices`).
     service_slices: Vec<Vec<usize>>,
     slices: Vec<Slice>,
+    /// Service `(namespace, name)` → the index in `destination_rules` of the rule that applies.
+    rule_by_service: HashMap<(String, String), usize>,
 }
 
 impl fmt::Debug for Index {

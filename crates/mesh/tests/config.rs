@@ -942,3 +942,264 @@ fn live_store_and_errors() {
         (2, 2, 1, None)
     );
 }
+
+/// A DestinationRule for `host` in `namespace` with `spec.trafficPolicy` = `policy` (indented YAML).
+fn destination_rule(
+    version: &str,
+    name: &str,
+    namespace: &str,
+    host: &str,
+    policy: &str,
+) -> String {
+    format!(
+        "---\napiVersion: networking.istio.io/{version}\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  host: {host}\n  trafficPolicy:\n{policy}"
+    )
+}
+
+#[test]
+fn destination_rules_are_read_in_every_version() {
+    use mesh::config::destination::{HttpCookieSpec, SimpleLb};
+    let full = "    connectionPool:
+      tcp: {maxConnections: 100, connectTimeout: 30ms}
+      http: {http1MaxPendingRequests: 10, http2MaxRequests: 1000, maxRequestsPerConnection: 5, maxRetries: 3, idleTimeout: 1m}
+    outlierDetection: {consecutive5xxErrors: 7, consecutiveGatewayErrors: 2, interval: 1.5s, baseEjectionTime: 1h30m, maxEjectionPercent: 50}
+    loadBalancer: {simple: LEAST_CONN}
+    portLevelSettings:
+    - port: {number: 9081}
+      loadBalancer:
+        consistentHash:
+          httpCookie: {name: user, path: /, ttl: 0s}
+";
+    let m = mesh(&format!(
+        "{BENCH}{}{}{}",
+        destination_rule("v1", "reviews", "default", "reviews", full),
+        destination_rule(
+            "v1beta1",
+            "v1",
+            "default",
+            "reviews-v1.default",
+            "    loadBalancer: {simple: RANDOM}\n"
+        ),
+        destination_rule(
+            "v1alpha3",
+            "v2",
+            "other",
+            "reviews-v2.default.svc.cluster.local",
+            "    loadBalancer: {consistentHash: {useSourceIp: true}}\n"
+        ),
+    ));
+    assert_eq!(m.destination_rules.len(), 3);
+    let r = &m
+        .destination_rule("default", "reviews")
+        .expect("short name")
+        .object;
+    assert_eq!(r.service, Some(("default".into(), "reviews".into())));
+    let p = r.policy_for_port(9080).unwrap();
+    let pool = p.connection_pool.unwrap();
+    let (tcp, http) = (pool.tcp.unwrap(), pool.http.unwrap());
+    assert_eq!(
+        (tcp.max_connections, tcp.connect_timeout),
+        (Some(100), Some(Duration::from_millis(30)))
+    );
+    assert_eq!(
+        (
+            http.http1_max_pending_requests,
+            http.http2_max_requests,
+            http.max_requests_per_connection,
+            http.max_retries,
+            http.idle_timeout
+        ),
+        (
+            Some(10),
+            Some(1000),
+            Some(5),
+            Some(3),
+            Some(Duration::from_secs(60))
+        )
+    );
+    let o = p.outlier_detection.unwrap();
+    assert_eq!(
+        (
+            o.consecutive_5xx_errors,
+            o.consecutive_gateway_errors,
+            o.interval,
+            o.base_ejection_time,
+            o.max_ejection_percent
+        ),
+        (
+            Some(7),
+            Some(2),
+            Some(Duration::from_millis(1500)),
+            Some(Duration::from_secs(5400)),
+            Some(50)
+        )
+    );
+    assert_eq!(
+        p.load_balancer.unwrap().simple,
+        Some(SimpleLb::LeastRequest),
+        "LEAST_CONN is LEAST_REQUEST"
+    );
+    // The port-level loadBalancer replaces the top-level one; the other fields stay.
+    let p = r.policy_for_port(9081).unwrap();
+    let lb = p.load_balancer.unwrap();
+    assert_eq!(lb.simple, None);
+    assert_eq!(
+        lb.consistent_hash.unwrap().http_cookie,
+        Some(HttpCookieSpec {
+            name: "user".into(),
+            path: Some("/".into()),
+            ttl: Some(Duration::ZERO)
+        })
+    );
+    assert!(p.connection_pool.is_some() && p.outlier_detection.is_some());
+
+    let v1 = m
+        .destination_rule_of(m.service("default", "reviews-v1").unwrap())
+        .expect("name.ns");
+    assert_eq!(
+        v1.policy_for_port(9080)
+            .unwrap()
+            .load_balancer
+            .unwrap()
+            .simple,
+        Some(SimpleLb::Random)
+    );
+    let v2 = m
+        .destination_rule("default", "reviews-v2")
+        .expect("FQDN from another namespace");
+    assert_eq!(v2.object.namespace, "other");
+    assert!(
+        v2.object
+            .policy_for_port(9080)
+            .unwrap()
+            .load_balancer
+            .unwrap()
+            .consistent_hash
+            .unwrap()
+            .use_source_ip
+    );
+    assert!(m.destination_rule("default", "ratings").is_none());
+    assert!(m.skipped.is_empty(), "{:?}", m.skipped);
+}
+
+#[test]
+fn destination_rule_hosts_and_precedence() {
+    let lb = |simple: &str| format!("    loadBalancer: {{simple: {simple}}}\n");
+    let m = mesh(&format!(
+        "{}{}{}{}{}",
+        destination_rule("v1", "elsewhere", "other", "reviews.default", &lb("RANDOM")),
+        destination_rule("v1", "own", "default", "reviews", &lb("ROUND_ROBIN")),
+        destination_rule(
+            "v1",
+            "second",
+            "default",
+            "reviews.default.svc",
+            &lb("LEAST_REQUEST")
+        ),
+        destination_rule(
+            "v1",
+            "wild",
+            "default",
+            "\"*.default.svc.cluster.local\"",
+            &lb("RANDOM")
+        ),
+        destination_rule(
+            "v1",
+            "external",
+            "default",
+            "www.example.com",
+            &lb("RANDOM")
+        ),
+    ));
+    let r = &m.destination_rule("default", "reviews").unwrap().object;
+    assert_eq!(
+        r.name, "own",
+        "the Service's namespace wins, then the first read"
+    );
+    assert_eq!(m.destination_rules[3].object.service, None, "wildcard");
+    assert_eq!(m.destination_rules[4].object.service, None, "external host");
+    // The oldest wins among rules in the same tier.
+    let dated = |name: &str, at: &str| {
+        format!("---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, creationTimestamp: \"{at}\"}}\nspec: {{host: reviews}}\n")
+    };
+    let m = mesh(&format!(
+        "{}{}",
+        dated("newer", "2024-05-01T00:00:00Z"),
+        dated("older", "2023-05-01T00:00:00Z")
+    ));
+    assert_eq!(
+        m.destination_rule("default", "reviews")
+            .unwrap()
+            .object
+            .name,
+        "older"
+    );
+}
+
+#[test]
+fn istio_durations() {
+    use mesh::config::destination::parse_duration;
+    for (text, want) in [
+        ("1s", Some(Duration::from_secs(1))),
+        ("500ms", Some(Duration::from_millis(500))),
+        ("1m", Some(Duration::from_secs(60))),
+        ("1h30m", Some(Duration::from_secs(5400))),
+        ("1.5s", Some(Duration::from_millis(1500))),
+        ("250us", Some(Duration::from_micros(250))),
+        ("0", Some(Duration::ZERO)),
+        ("10", None),
+        ("-1s", None),
+        ("1d", None),
+        ("", None),
+        ("s", None),
+    ] {
+        assert_eq!(parse_duration(text).ok(), want, "{text:?}");
+    }
+}
+
+#[test]
+fn destination_rule_errors() {
+    let dr = |policy: &str| destination_rule("v1", "d", "n", "reviews", policy);
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("no host", "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d, namespace: n}\nspec: {}\n".into(), "spec.host"),
+        ("unknown simple", dr("    loadBalancer: {simple: FASTEST}\n"), "spec.trafficPolicy.loadBalancer.simple"),
+        ("simple and hash", dr("    loadBalancer: {simple: RANDOM, consistentHash: {useSourceIp: true}}\n"), "spec.trafficPolicy.loadBalancer"),
+        ("no hash key", dr("    loadBalancer: {consistentHash: {}}\n"), "spec.trafficPolicy.loadBalancer.consistentHash"),
+        ("two hash keys", dr("    loadBalancer: {consistentHash: {useSourceIp: true, httpHeaderName: x-user}}\n"), "spec.trafficPolicy.loadBalancer.consistentHash"),
+        ("header name", dr("    loadBalancer: {consistentHash: {httpHeaderName: \"bad header\"}}\n"), "spec.trafficPolicy.loadBalancer.consistentHash.httpHeaderName"),
+        ("cookie name", dr("    loadBalancer: {consistentHash: {httpCookie: {ttl: 1s}}}\n"), "spec.trafficPolicy.loadBalancer.consistentHash.httpCookie.name"),
+        ("cookie ttl", dr("    loadBalancer: {consistentHash: {httpCookie: {name: c, ttl: soon}}}\n"), "spec.trafficPolicy.loadBalancer.consistentHash.httpCookie.ttl"),
+        ("negative limit", dr("    connectionPool: {tcp: {maxConnections: -1}}\n"), "spec.trafficPolicy.connectionPool.tcp.maxConnections"),
+        ("limit type", dr("    connectionPool: {http: {maxRetries: lots}}\n"), "spec.trafficPolicy.connectionPool.http.maxRetries"),
+        ("connect timeout unit", dr("    connectionPool: {tcp: {connectTimeout: 10}}\n"), "spec.trafficPolicy.connectionPool.tcp.connectTimeout"),
+        ("connect timeout zero", dr("    connectionPool: {tcp: {connectTimeout: 0s}}\n"), "spec.trafficPolicy.connectionPool.tcp.connectTimeout"),
+        ("idle timeout", dr("    connectionPool: {http: {idleTimeout: 1x}}\n"), "spec.trafficPolicy.connectionPool.http.idleTimeout"),
+        ("interval", dr("    outlierDetection: {interval: fast}\n"), "spec.trafficPolicy.outlierDetection.interval"),
+        ("ejection time zero", dr("    outlierDetection: {baseEjectionTime: 0ms}\n"), "spec.trafficPolicy.outlierDetection.baseEjectionTime"),
+        ("ejection percent", dr("    outlierDetection: {maxEjectionPercent: 101}\n"), "spec.trafficPolicy.outlierDetection.maxEjectionPercent"),
+        ("5xx type", dr("    outlierDetection: {consecutive5xxErrors: many}\n"), "spec.trafficPolicy.outlierDetection.consecutive5xxErrors"),
+        ("port number", dr("    portLevelSettings: [{port: {number: 70000}}]\n"), "spec.trafficPolicy.portLevelSettings[0].port.number"),
+        ("port missing", dr("    portLevelSettings: [{loadBalancer: {simple: RANDOM}}]\n"), "spec.trafficPolicy.portLevelSettings[0].port.number"),
+        ("port twice", dr("    portLevelSettings: [{port: {number: 80}}, {port: {number: 80}}]\n"), "spec.trafficPolicy.portLevelSettings[1].port.number"),
+        ("port-level enum", dr("    portLevelSettings: [{port: {number: 80}, loadBalancer: {simple: NOPE}}]\n"), "spec.trafficPolicy.portLevelSettings[0].loadBalancer.simple"),
+        ("port-level hash", dr("    portLevelSettings: [{port: {number: 80}, loadBalancer: {consistentHash: {}}}]\n"), "spec.trafficPolicy.portLevelSettings[0].loadBalancer.consistentHash"),
+    ];
+    for (what, yaml, field) in cases {
+        let err = Mesh::from_documents(&[(PathBuf::from("dr.yaml"), yaml)], DEFAULT_TRUST_DOMAIN)
+            .err()
+            .unwrap_or_else(|| panic!("{what}: accepted"));
+        assert_eq!(
+            (err.file.as_path(), err.object.as_str(), err.field.as_str()),
+            (Path::new("dr.yaml"), "DestinationRule n/d", field),
+            "{what}: {err}"
+        );
+        eprintln!("{what}: {err}");
+    }
+    // Another version of the kind is skipped and counted, not misread.
+    let m = mesh("apiVersion: networking.istio.io/v2\nkind: DestinationRule\nmetadata: {name: d}\nspec: {host: x}\n");
+    assert_eq!(
+        m.skipped.get("DestinationRule networking.istio.io/v2"),
+        Some(&1)
+    );
+    assert!(m.destination_rules.is_empty());
+}

@@ -1,5 +1,5 @@
 //! Reading manifests: files → YAML documents → a generic look at `apiVersion`/`kind`/`metadata` → the typed
-//! object (`k8s-openapi`, `gateway-api`), validated, and reduced to the plain records that `resolve` links up.
+//! object (`k8s-openapi`, `gateway-api`, the hand-written `DestinationRule` types), validated, and reduced to the plain records that `resolve` links up.
 //!
 //! Every failure is a [`ConfigError`] naming the file, the object (`Kind namespace/name`, or `document N` before
 //! the object has a name) and the field path (from `serde_path_to_error` for type errors).
@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_yaml::Value;
 
+use super::destination::{self, DestinationRule};
 use super::gateway::{GrpcRoute, HttpRoute, ReferenceGrant};
 use super::{
     routes, ConfigError, Namespace, RouteNamespaces, Service, ServicePort, Slice, SliceEndpoint,
@@ -39,6 +40,7 @@ pub(super) struct Parsed {
     pub http_routes: Vec<Sourced<HttpRoute>>,
     pub grpc_routes: Vec<Sourced<GrpcRoute>>,
     pub reference_grants: Vec<Sourced<ReferenceGrant>>,
+    pub destination_rules: Vec<Sourced<DestinationRule>>,
     pub skipped: BTreeMap<String, usize>,
 }
 
@@ -98,6 +100,7 @@ enum Kind {
     HttpRoute,
     GrpcRoute,
     ReferenceGrant,
+    DestinationRule,
 }
 
 impl Kind {
@@ -105,6 +108,11 @@ impl Kind {
     fn of(api_version: &str, kind: &str) -> Option<Kind> {
         const GATEWAY_V1: &str = "gateway.networking.k8s.io/v1";
         const GATEWAY_V1BETA1: &str = "gateway.networking.k8s.io/v1beta1";
+        const ISTIO: [&str; 3] = [
+            "networking.istio.io/v1",
+            "networking.istio.io/v1beta1",
+            "networking.istio.io/v1alpha3",
+        ];
         Some(match (api_version, kind) {
             ("v1", "Namespace") => Kind::Namespace,
             ("v1", "Service") => Kind::Service,
@@ -114,6 +122,7 @@ impl Kind {
             (GATEWAY_V1 | GATEWAY_V1BETA1, "HTTPRoute") => Kind::HttpRoute,
             (GATEWAY_V1, "GRPCRoute") => Kind::GrpcRoute,
             (GATEWAY_V1 | GATEWAY_V1BETA1, "ReferenceGrant") => Kind::ReferenceGrant,
+            (v, "DestinationRule") if ISTIO.contains(&v) => Kind::DestinationRule,
             _ => return None,
         })
     }
@@ -128,6 +137,7 @@ impl Kind {
                 | "HTTPRoute"
                 | "GRPCRoute"
                 | "ReferenceGrant"
+                | "DestinationRule"
         )
     }
     fn namespaced(self) -> bool {
@@ -313,6 +323,11 @@ impl Parser {
             Kind::ReferenceGrant => {
                 let grant = routes::reference_grant(&ctx, namespace, ctx.typed(value)?)?;
                 self.out.reference_grants.push(grant);
+                Ok(())
+            }
+            Kind::DestinationRule => {
+                let rule = destination::destination_rule(&ctx, namespace, name, ctx.typed(value)?)?;
+                self.out.destination_rules.push(rule);
                 Ok(())
             }
         }

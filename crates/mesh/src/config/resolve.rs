@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use super::destination;
 use super::parse::Parsed;
 use super::{
     GatewayRef, Index, Mesh, Namespace, Service, Waypoint, Workload, DATAPLANE_MODE, USE_WAYPOINT,
@@ -56,6 +57,7 @@ pub(super) fn build(parsed: Parsed, trust_domain: &str) -> Mesh {
         http_routes: parsed.http_routes,
         grpc_routes: parsed.grpc_routes,
         reference_grants: parsed.reference_grants,
+        destination_rules: parsed.destination_rules,
         skipped: parsed.skipped,
         index: Index {
             slices: parsed.slices,
@@ -210,6 +212,39 @@ impl Mesh {
             .collect();
         drop(slices_of);
         ix.service_slices = service_slices;
+        ix.rule_by_service = self.index_destination_rules();
         self.index = ix;
+    }
+}
+
+impl Mesh {
+    /// Service `(namespace, name)` → the index in `destination_rules` of the rule that applies to it (see
+    /// [`super::destination`] for the precedence); the others are ignored with a warning.
+    fn index_destination_rules(&self) -> HashMap<(String, String), usize> {
+        let mut out: HashMap<(String, String), usize> = HashMap::new();
+        for (i, r) in self.destination_rules.iter().enumerate() {
+            let Some(key) = r.object.service.clone() else {
+                continue;
+            };
+            match out.get(&key).copied() {
+                None => {
+                    out.insert(key, i);
+                }
+                Some(kept) => {
+                    let rules = &self.destination_rules;
+                    let (winner, loser) = if destination::precedes(r, &rules[kept], &key.0) {
+                        out.insert(key.clone(), i);
+                        (i, kept)
+                    } else {
+                        (kept, i)
+                    };
+                    tracing::warn!(service = %format!("{}/{}", key.0, key.1),
+                        applied = %destination::describe(&rules[winner]),
+                        ignored = %destination::describe(&rules[loser]),
+                        "several DestinationRules for one Service: one applies");
+                }
+            }
+        }
+        out
     }
 }
