@@ -1,0 +1,106 @@
+//! Circuit breaking from `DestinationRule.trafficPolicy.connectionPool`: over `http2MaxRequests`, a request fails
+//! fast with 503 and the `UO` flag (it is not queued: bounded memory), the destination never sees more than the
+//! limit at once, and the breaker closes again as soon as requests finish.
+
+use std::time::Instant;
+
+use super::*;
+
+fn limited(max_requests: u32) -> String {
+    destination_rule(
+        "pair",
+        &format!("    connectionPool:\n      http: {{http2MaxRequests: {max_requests}}}\n"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http2_max_requests_fails_fast_with_uo_then_recovers() {
+    let tb = mesh(&limited(1)).await;
+    // Warm up both endpoints (connections pooled), then measure concurrency from here.
+    for _ in 0..2 {
+        assert_eq!(send(&tb, Req::get(PAIR, "/")).await.status, 200);
+    }
+    tb.echo("pair-0").reset_max_in_flight();
+    tb.echo("pair-1").reset_max_in_flight();
+
+    // One slow request holds the only slot; four more arrive while it runs.
+    let slow = Req::get(PAIR, "/slow").header("x-echo-delay-ms", "800");
+    let first = {
+        let c = client(&tb);
+        let slow = slow.clone();
+        tokio::spawn(async move { c.send(slow).await })
+    };
+    tokio::time::sleep(MS(200)).await;
+    let mut rest = vec![];
+    for _ in 0..4 {
+        let (c, slow) = (client(&tb), slow.clone());
+        rest.push(tokio::spawn(async move {
+            let started = Instant::now();
+            (c.send(slow).await, started.elapsed())
+        }));
+    }
+    let mut tripped = vec![];
+    for t in rest {
+        let (r, took) = t.await.unwrap();
+        let r = r.expect("an answer");
+        tripped.push((r.status, flags(&r), took));
+    }
+    let first = first.await.unwrap().expect("an answer");
+    assert_eq!(
+        first.status,
+        200,
+        "the request holding the slot: {}",
+        outcome(&first)
+    );
+    for (status, flags, took) in &tripped {
+        assert!(
+            *status == 503 && flags.iter().any(|f| f == "UO"),
+            "over the limit: 503 UO; got {tripped:?}"
+        );
+        assert!(*took < MS(300), "failed fast, not queued: {tripped:?}");
+    }
+    let most = tb.echo("pair-0").max_in_flight() + tb.echo("pair-1").max_in_flight();
+    assert!(
+        most <= 1,
+        "the destination saw {most} requests at once (limit 1)"
+    );
+
+    // Recovery: with the slot free, requests pass again, one after another.
+    let counts = tally_sequential(&tb, &Req::get(PAIR, "/"), 6).await;
+    let ok: u64 = ["pair-0", "pair-1"]
+        .iter()
+        .filter_map(|p| counts.get(*p))
+        .sum();
+    assert_eq!(ok, 6, "{counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_limit_is_per_destination_service() {
+    // `pair` is limited to 2; `echo` has no DestinationRule: 6 slow requests to it all pass at once.
+    let tb = mesh(&limited(2)).await;
+    let slow = |host: &str| Req::get(host, "/").header("x-echo-delay-ms", "400");
+    let mut tasks = vec![];
+    for host in [ECHO, PAIR] {
+        for _ in 0..6 {
+            let (c, req, host) = (client(&tb), slow(host), host.to_string());
+            tasks.push(tokio::spawn(async move {
+                (host, c.send(req).await.map(|r| r.status))
+            }));
+        }
+    }
+    let mut by_host: BTreeMap<String, BTreeMap<u16, u32>> = BTreeMap::new();
+    for t in tasks {
+        let (host, status) = t.await.unwrap();
+        *by_host
+            .entry(host)
+            .or_default()
+            .entry(status.expect("an answer"))
+            .or_default() += 1;
+    }
+    assert_eq!(by_host[ECHO].get(&200), Some(&6), "{by_host:?}");
+    let pair = &by_host[PAIR];
+    assert!(
+        pair.get(&200).is_some_and(|n| (1..=2).contains(n)) && pair.get(&503) >= Some(&4),
+        "{by_host:?}"
+    );
+}
