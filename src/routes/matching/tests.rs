@@ -431,7 +431,6 @@ fn ten_thousand_rules_are_found_without_a_scan() {
         .collect();
     let table = MatchTable::new(entries);
     let h = HeaderMap::new();
-    let start = std::time::Instant::now();
     for i in 0..10_000 {
         let path = format!("/svc{i}/x");
         assert_eq!(
@@ -441,10 +440,5 @@ fn ten_thousand_rules_are_found_without_a_scan() {
             Some(i)
         );
     }
-    // A linear scan would be 10^8 match checks; the index keeps this well under a second even in debug builds.
-    assert!(
-        start.elapsed() < std::time::Duration::from_secs(2),
-        "{:?}",
-        start.elapsed()
-    );
+    // Speed is measured by `benches/hot_path.rs` (route/match_10000), not asserted here.
 }
