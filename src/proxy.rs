@@ -31,6 +31,7 @@ use crate::mirror::{self, Mirrors};
 use crate::resilience::balance::{InFlight, PickKey};
 use crate::resilience::breaker::Permit;
 use crate::resilience::outlier::{EndpointHealth, Outcome};
+use crate::resilience::policy::ConnectionPool;
 use crate::retry::{self, Attempts, Failure};
 use crate::route;
 use crate::routes::compile::{AppProtocol, RouteTable, Rule};
@@ -47,9 +48,30 @@ pub struct Stats {
     pub retries: AtomicU64,
     /// Retry decisions by cause: connect failure, not delivered, reset before response, status.
     pub retry_causes: [AtomicU64; 4],
+    /// Requests answered with each response flag ([`FLAGS`] order).
+    pub flags: [AtomicU64; FLAGS.len()],
 }
 
+/// The response flags counted in [`Stats::flags`].
+pub const FLAGS: [&str; 9] = ["NR", "UH", "UO", "UF", "UC", "UT", "URX", "DPE", "DC"];
+/// The retry causes of [`Stats::retry_causes`].
+pub const RETRY_CAUSES: [&str; 4] = [
+    "connect_failure",
+    "not_delivered",
+    "reset_before_response",
+    "status",
+];
+
 impl Stats {
+    /// Counts each flag of a `UF,URX`-style list.
+    fn count_flags(&self, flags: &str) {
+        for f in flags.split(',') {
+            if let Some(i) = FLAGS.iter().position(|k| *k == f) {
+                self.flags[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
     fn count_retry(&self, f: Failure) {
         let i = match f {
             Failure::Connect => 0,
@@ -502,7 +524,13 @@ impl ProxyHttp for WaypointProxy {
         if ctx.attempts.tries > 1 {
             self.stats.retries.fetch_add(1, Ordering::Relaxed);
             ctx.retry_permit = None;
-            match backend.breaker.try_retry(&backend.policy.connection_pool) {
+            let pool = &backend.policy.connection_pool;
+            let budget = retry::retry_budget(pool.max_retries, backend.breaker.in_flight());
+            let limits = ConnectionPool {
+                max_retries: Some(budget),
+                ..pool.clone()
+            };
+            match backend.breaker.try_retry(&limits) {
                 Ok(permit) => ctx.retry_permit = Some(permit),
                 Err(overflow) => return Err(fail(ctx, ProxyError::Overflow(overflow.field()))),
             }
@@ -726,6 +754,9 @@ impl ProxyHttp for WaypointProxy {
 
     /// Observe: one line per request (target `waypoint::access`, level info) with the response flags.
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        if let Some(flags) = &ctx.flags {
+            self.stats.count_flags(flags);
+        }
         if !tracing::enabled!(target: "waypoint::access", tracing::Level::INFO) {
             return;
         }

@@ -94,6 +94,19 @@ pub fn backoff(policy: &RetryPolicy, next_try: u32, draw: u32) -> Duration {
     (floor + jitter).min(cap)
 }
 
+/// Concurrent retries always allowed to a service, whatever its load (Envoy's `min_retry_concurrency`).
+pub const RETRY_BUDGET_MIN: u32 = 3;
+/// Without `maxRetries`, concurrent retries to a service are capped at this share of its requests in flight
+/// (Envoy's retry budget), so retries cannot multiply an outage.
+pub const RETRY_BUDGET_PERCENT: u32 = 20;
+
+/// The cap on concurrent retries to a service: `maxRetries` when configured, else the budget.
+pub fn retry_budget(max_retries: Option<u32>, in_flight: u32) -> u32 {
+    max_retries.unwrap_or_else(|| {
+        (in_flight.saturating_mul(RETRY_BUDGET_PERCENT) / 100).max(RETRY_BUDGET_MIN)
+    })
+}
+
 /// How long the next try may take: the per-try timeout, cut to what is left of the request deadline.
 /// `Err(Timeout)` when the deadline has already passed.
 pub fn try_timeout(
@@ -197,6 +210,24 @@ mod tests {
         }
         for draw in [0, 1, u32::MAX / 3, u32::MAX] {
             assert!(backoff(&p, 2, draw) >= ms(100), "never below the minimum");
+        }
+    }
+
+    #[test]
+    fn retry_budget_is_configured_or_a_share_of_load() {
+        for (configured, in_flight, want) in [
+            (Some(0), 100, 0),
+            (Some(7), 1000, 7),
+            (None, 0, 3),
+            (None, 10, 3),
+            (None, 100, 20),
+            (None, 1000, 200),
+        ] {
+            assert_eq!(
+                retry_budget(configured, in_flight),
+                want,
+                "{configured:?} {in_flight}"
+            );
         }
     }
 

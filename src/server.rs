@@ -93,7 +93,12 @@ impl Waypoint {
                     .await
                     .with_context(|| format!("binding admin {addr}"))?;
                 let admin_addr = listener.local_addr()?;
-                let state = Arc::new(AdminState { live: live.clone() });
+                let state = Arc::new(AdminState {
+                    live: live.clone(),
+                    stats: stats.clone(),
+                    mirrors: mirrors.stats.clone(),
+                    pool: pool.clone(),
+                });
                 Some((
                     admin_addr,
                     tokio::spawn(crate::admin::serve(listener, state)),

@@ -233,6 +233,34 @@ async fn admin_endpoint_dumps_the_active_config_and_route_status() {
         .map(|b| b["weight"].as_u64().unwrap())
         .collect();
     assert_eq!(weights, [90, 10]);
+    let out = run_load(
+        &mesh.target(),
+        Proto::Http1,
+        "/reviews",
+        20,
+        2,
+        Duration::ZERO,
+    )
+    .await;
+    assert_eq!(out.ok, 20);
+    let stats = get("/stats").await;
+    let metric = |name: &str| -> u64 {
+        let line = stats
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} in {stats}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(metric("waypoint_requests_total"), 20, "{stats}");
+    assert!(
+        metric("waypoint_hbone_streams_opened_total") >= 1,
+        "{stats}"
+    );
+    assert_eq!(metric("waypoint_config_generation"), 1);
+    assert_eq!(
+        metric("waypoint_response_flags_total{response_flags=\"NR\"}"),
+        0
+    );
     let routes = get("/routes").await;
     let body = routes.split("\r\n\r\n").nth(1).unwrap();
     let statuses: serde_json::Value = serde_json::from_str(body).unwrap();

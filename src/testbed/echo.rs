@@ -20,6 +20,7 @@
 //! | `x-echo-fail-mode: close` | fail by closing the connection without an answer (FIN in HTTP/1.1) |
 //! | `x-echo-fail-mode: hang` | fail by never answering (the request is read; the answer waits [`HANG_LIMIT`]) |
 //! | `x-echo-grpc-status: N` | the `grpc-status` trailer of a gRPC answer (default 0) |
+//! | `x-echo-body-bytes: N` | answer N bytes of [`pattern`] (`application/octet-stream`, in 64 KiB chunks) instead of the JSON; the [`Echo`] is still recorded in [`EchoServer::seen`] |
 //!
 //! Per instance ([`EchoOptions`], set at start; [`EchoServer::set_fault`], any time):
 //!
@@ -526,6 +527,7 @@ struct Controls {
     fail_first: u64,
     fail_mode: FailMode,
     grpc_status: Option<String>,
+    body_bytes: Option<u64>,
 }
 
 /// How a failing attempt fails (`x-echo-fail-mode`).
@@ -564,6 +566,7 @@ impl Controls {
                 _ => FailMode::Status,
             },
             grpc_status: text("x-echo-grpc-status").map(str::to_string),
+            body_bytes: number("x-echo-body-bytes"),
         }
     }
 }
@@ -679,7 +682,10 @@ async fn answer(
     for (k, v) in &controls.set_headers {
         resp = resp.header(k.as_str(), v.as_str());
     }
-    let resp = if grpc {
+    let resp = if let Some(n) = controls.body_bytes {
+        resp.header("content-type", "application/octet-stream")
+            .body(pattern_body(n))
+    } else if grpc {
         let mut trailers = HeaderMap::new();
         let code = controls.grpc_status.as_deref().unwrap_or("0");
         let code = HeaderValue::from_str(code).unwrap_or(HeaderValue::from_static("2"));
@@ -735,6 +741,53 @@ fn describe(parts: &http::request::Parts, body: &Bytes, id: &EchoIdentity, attem
         port: id.port,
         attempt,
         received_at: Some(Instant::now()),
+    }
+}
+
+/// The bytes `x-echo-body-bytes` answers: byte `i` is `i % 251` (a prime, so 64 KiB chunks do not repeat at
+/// chunk boundaries and a dropped, duplicated or shifted chunk changes the content).
+pub fn pattern(len: usize) -> Bytes {
+    (0..len)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+/// [`pattern`]`(n)` as a body of 64 KiB frames (streamed, not one buffer).
+fn pattern_body(n: u64) -> Body {
+    PatternBody { next: 0, len: n }.boxed()
+}
+
+/// The frames of [`pattern_body`].
+struct PatternBody {
+    next: u64,
+    len: u64,
+}
+
+impl hyper::body::Body for PatternBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        const CHUNK: u64 = 64 * 1024;
+        if self.next >= self.len {
+            return Poll::Ready(None);
+        }
+        let (start, end) = (self.next, (self.next + CHUNK).min(self.len));
+        self.next = end;
+        let chunk: Vec<u8> = (start..end).map(|i| (i % 251) as u8).collect();
+        Poll::Ready(Some(Ok(hyper::body::Frame::data(chunk.into()))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.next >= self.len
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.len - self.next)
     }
 }
 

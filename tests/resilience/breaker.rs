@@ -59,6 +59,20 @@ async fn over_http2_max_requests_fails_fast_with_uo_then_recovers() {
         );
         assert!(*took < MS(300), "failed fast, not queued: {tripped:?}");
     }
+    // The UO flag is counted for metrics, once per tripped request.
+    let uo = waypoint::proxy::FLAGS
+        .iter()
+        .position(|f| *f == "UO")
+        .unwrap();
+    let counted: u64 = tb
+        .waypoints()
+        .map(|(_, w)| w.stats().flags[uo].load(std::sync::atomic::Ordering::Relaxed))
+        .sum();
+    assert_eq!(
+        counted,
+        tripped.len() as u64,
+        "UO counted per tripped request"
+    );
     let most = tb.echo("pair-0").max_in_flight() + tb.echo("pair-1").max_in_flight();
     assert!(
         most <= 1,
