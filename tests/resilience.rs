@@ -17,6 +17,10 @@
 //! - [`deadlines`]: `timeouts.request` across retries, a hanging endpoint.
 //! - [`breaker`]: `DestinationRule` circuit breaking (`http2MaxRequests`): fail fast with 503 `UO`, recover.
 //! - [`outlier`]: outlier detection: ejection, return after `baseEjectionTime`, never all endpoints.
+//! - [`replay`]: a POST reset after delivery is replayed whole on a route that opts in, unless its body
+//!   outgrew the 64 KiB replay buffer (503 `UC`, one try).
+//! - [`streams`]: no timeout configured, no cut: a 3 s answer, 8 MiB up and down; `timeouts.request` cuts only
+//!   its own route.
 //! - [`balance`]: consistent hash (sticky across requests and across a config swap), LEAST_REQUEST, RANDOM.
 //!
 //! The `DestinationRule` tests are written to the specification and fail until the waypoint implements it.
@@ -36,10 +40,14 @@ mod deadlines;
 mod echo;
 #[path = "resilience/outlier.rs"]
 mod outlier;
+#[path = "resilience/replay.rs"]
+mod replay;
 #[path = "resilience/retries.rs"]
 mod retries;
 #[path = "resilience/soak.rs"]
 mod soak;
+#[path = "resilience/streams.rs"]
+mod streams;
 
 /// The namespace of everything.
 pub const NS: &str = "resilience";
