@@ -161,6 +161,8 @@ pub struct RequestCtx {
     in_flight: Option<InFlight>,
     /// A consistent-hash cookie to set on the response.
     set_cookie: Option<String>,
+    /// How the previous try failed (decides whether the retry is charged to the budget).
+    last_failure: Option<Failure>,
 }
 
 /// Stage "validate": framing a proxy must not pass on. A request with both `Content-Length` and
@@ -433,6 +435,7 @@ impl ProxyHttp for WaypointProxy {
             current: None,
             in_flight: None,
             set_cookie: None,
+            last_failure: None,
         }
     }
 
@@ -525,9 +528,9 @@ impl ProxyHttp for WaypointProxy {
             self.stats.retries.fetch_add(1, Ordering::Relaxed);
             ctx.retry_permit = None;
             let pool = &backend.policy.connection_pool;
-            let budget = retry::retry_budget(pool.max_retries, backend.breaker.in_flight());
+            let in_flight = backend.breaker.in_flight();
             let limits = ConnectionPool {
-                max_retries: Some(budget),
+                max_retries: retry::retry_cap(pool.max_retries, in_flight, ctx.last_failure),
                 ..pool.clone()
             };
             match backend.breaker.try_retry(&limits) {
@@ -655,6 +658,7 @@ impl ProxyHttp for WaypointProxy {
             Instant::now(),
         ) {
             ctx.retry_status = Some(status);
+            ctx.last_failure = Some(failure);
             self.stats.count_retry(failure);
             let mut e = Error::explain(
                 ErrorType::HTTPStatus(status),
@@ -694,6 +698,7 @@ impl ProxyHttp for WaypointProxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         record_outcome(ctx, Outcome::GatewayError);
+        ctx.last_failure = Some(Failure::Connect);
         let policy = ctx.chosen.as_ref().and_then(|c| c.rule().retry.as_ref());
         let replayable = !session.as_ref().retry_buffer_truncated();
         let retry = retry::should_retry(
@@ -722,6 +727,7 @@ impl ProxyHttp for WaypointProxy {
             return e;
         }
         let failure = failure_of(&e);
+        ctx.last_failure = Some(failure);
         record_outcome(ctx, Outcome::GatewayError);
         let policy = ctx.chosen.as_ref().and_then(|c| c.rule().retry.as_ref());
         let response_started = session.response_written().is_some();

@@ -107,6 +107,18 @@ pub fn retry_budget(max_retries: Option<u32>, in_flight: u32) -> u32 {
     })
 }
 
+/// The cap on concurrent retries for a retry after `last`: an explicit `maxRetries` always applies; without
+/// one, the budget applies to retries after connect failures, statuses and timeouts (what multiplies an
+/// outage), while a retry after a stale keep-alive connection (closed or reset before the response) is not
+/// charged: it replaces a request the destination never answered on a connection it was closing.
+pub fn retry_cap(max_retries: Option<u32>, in_flight: u32, last: Option<Failure>) -> Option<u32> {
+    match (max_retries, last) {
+        (Some(m), _) => Some(m),
+        (None, Some(Failure::NotDelivered | Failure::ResetBeforeResponse)) => None,
+        (None, _) => Some(retry_budget(None, in_flight)),
+    }
+}
+
 /// How long the next try may take: the per-try timeout, cut to what is left of the request deadline.
 /// `Err(Timeout)` when the deadline has already passed.
 pub fn try_timeout(
@@ -227,6 +239,25 @@ mod tests {
                 retry_budget(configured, in_flight),
                 want,
                 "{configured:?} {in_flight}"
+            );
+        }
+    }
+
+    #[test]
+    fn stale_connection_retries_are_not_charged_to_the_budget() {
+        use Failure::*;
+        for (configured, last, want) in [
+            (None, Some(NotDelivered), None),
+            (None, Some(ResetBeforeResponse), None),
+            (None, Some(Connect), Some(3)),
+            (None, Some(Status(503)), Some(3)),
+            (None, None, Some(3)),
+            (Some(1), Some(NotDelivered), Some(1)), // an explicit maxRetries caps everything
+        ] {
+            assert_eq!(
+                retry_cap(configured, 10, last),
+                want,
+                "{configured:?} {last:?}"
             );
         }
     }

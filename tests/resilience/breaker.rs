@@ -4,6 +4,8 @@
 
 use std::time::Instant;
 
+use waypoint::testbed::eventually;
+
 use super::*;
 
 fn limited(max_requests: u32) -> String {
@@ -11,6 +13,26 @@ fn limited(max_requests: u32) -> String {
         "pair",
         &format!("    connectionPool:\n      http: {{http2MaxRequests: {max_requests}}}\n"),
     )
+}
+
+/// Requests in flight through the breaker of `service` (`namespace/name`), summed over the waypoints.
+fn breaker_in_flight(tb: &Testbed, service: &str) -> u32 {
+    tb.waypoints()
+        .flat_map(|(_, w)| {
+            let snap = w.live().load();
+            let mut n = Vec::new();
+            for table in snap.services.values() {
+                for rule in &table.rules {
+                    for b in &rule.backends {
+                        if b.name.starts_with(&format!("{service}:")) {
+                            n.push(b.breaker.in_flight());
+                        }
+                    }
+                }
+            }
+            n.into_iter().max()
+        })
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -22,6 +44,13 @@ async fn over_http2_max_requests_fails_fast_with_uo_then_recovers() {
     }
     tb.echo("pair-0").reset_max_in_flight();
     tb.echo("pair-1").reset_max_in_flight();
+    // A request's permit is released when the waypoint finishes with it, a moment after the client has its
+    // answer: wait until the warm-up requests have let go of the only slot.
+    let idle = eventually(Duration::from_secs(5), || {
+        breaker_in_flight(&tb, "default/pair") == 0
+    })
+    .await;
+    assert!(idle, "the warm-up requests never released their permits");
 
     // One slow request holds the only slot; four more arrive while it runs.
     let slow = Req::get(PAIR, "/slow").header("x-echo-delay-ms", "800");
@@ -30,7 +59,11 @@ async fn over_http2_max_requests_fails_fast_with_uo_then_recovers() {
         let slow = slow.clone();
         tokio::spawn(async move { c.send(slow).await })
     };
-    tokio::time::sleep(MS(200)).await;
+    let holding = eventually(Duration::from_secs(5), || {
+        breaker_in_flight(&tb, "default/pair") == 1
+    })
+    .await;
+    assert!(holding, "the slow request never took the slot");
     let mut rest = vec![];
     for _ in 0..4 {
         let (c, slow) = (client(&tb), slow.clone());
