@@ -32,7 +32,8 @@ fn breaker_in_flight(tb: &Testbed, service: &str) -> u32 {
             }
             n.into_iter().max()
         })
-        .sum()
+        .reduce(|a, b| a + b)
+        .unwrap_or_else(|| panic!("no backend of {service} in any waypoint"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -47,7 +48,7 @@ async fn over_http2_max_requests_fails_fast_with_uo_then_recovers() {
     // A request's permit is released when the waypoint finishes with it, a moment after the client has its
     // answer: wait until the warm-up requests have let go of the only slot.
     let idle = eventually(Duration::from_secs(5), || {
-        breaker_in_flight(&tb, "default/pair") == 0
+        breaker_in_flight(&tb, "resilience/pair") == 0
     })
     .await;
     assert!(idle, "the warm-up requests never released their permits");
@@ -60,7 +61,7 @@ async fn over_http2_max_requests_fails_fast_with_uo_then_recovers() {
         tokio::spawn(async move { c.send(slow).await })
     };
     let holding = eventually(Duration::from_secs(5), || {
-        breaker_in_flight(&tb, "default/pair") == 1
+        breaker_in_flight(&tb, "resilience/pair") == 1
     })
     .await;
     assert!(holding, "the slow request never took the slot");
