@@ -169,3 +169,35 @@ where
         UpstreamConn::Tcp(s) => splice(client, s).await,
     }
 }
+
+/// Accepts outbound captures (SOCKS5 or redirect) on `listener` until `drain` stops, serving each connection
+/// with `serve` on its own task under the drain. `what` names the entry in logs.
+pub async fn accept_loop<F, Fut>(
+    listener: tokio::net::TcpListener,
+    what: &'static str,
+    outbound: std::sync::Arc<Outbound>,
+    drain: crate::drain::Drain,
+    serve: F,
+) where
+    F: Fn(tokio::net::TcpStream, std::net::SocketAddr, std::sync::Arc<Outbound>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let (stream, client) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!("{what} accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = drain.stopped() => return,
+        };
+        let work = serve(stream, client, outbound.clone());
+        let d = drain.clone();
+        tokio::spawn(async move {
+            d.run(work).await;
+        });
+    }
+}

@@ -8,7 +8,6 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 
@@ -87,24 +86,14 @@ pub fn destination(stream: &TcpStream) -> io::Result<SocketAddr> {
 
 /// Accepts redirected connections until the drain's stop signal.
 pub async fn run(listener: TcpListener, outbound: Arc<Outbound>, drain: Drain) {
-    loop {
-        let (stream, client) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!("redirect accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = drain.stopped() => return,
-        };
-        let outbound = outbound.clone();
-        let d = drain.clone();
-        tokio::spawn(async move {
-            d.run(serve_one(stream, client, &outbound)).await;
-        });
-    }
+    crate::outbound::accept_loop(
+        listener,
+        "redirect",
+        outbound,
+        drain,
+        |stream, client, outbound| async move { serve_one(stream, client, &outbound).await },
+    )
+    .await;
 }
 
 async fn serve_one(stream: TcpStream, client: SocketAddr, outbound: &Outbound) {

@@ -158,24 +158,14 @@ fn io_reply(e: &io::Error) -> Reply {
 
 /// Accepts SOCKS5 clients until the drain's stop signal; each connection runs tracked by `drain`.
 pub async fn run(listener: TcpListener, outbound: Arc<Outbound>, drain: Drain) {
-    loop {
-        let (stream, client) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!("socks5 accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = drain.stopped() => return,
-        };
-        let outbound = outbound.clone();
-        let d = drain.clone();
-        tokio::spawn(async move {
-            d.run(serve_one(stream, client, &outbound)).await;
-        });
-    }
+    crate::outbound::accept_loop(
+        listener,
+        "socks5",
+        outbound,
+        drain,
+        |stream, client, outbound| async move { serve_one(stream, client, &outbound).await },
+    )
+    .await;
 }
 
 async fn serve_one(mut stream: TcpStream, client: SocketAddr, outbound: &Outbound) {

@@ -35,7 +35,7 @@ use crate::identity::Identity;
 
 pub use destination::DestinationRule;
 pub use live::{watch_dir, Live, WatchGuard};
-pub use routes::{LabelExpression, LabelSelector, RouteNamespaces};
+pub use routes::{gateway_duration, LabelExpression, LabelSelector, RouteNamespaces};
 
 /// The route and grant types the mesh keeps (gateway-api), re-exported so users need not track channels.
 pub mod gateway {

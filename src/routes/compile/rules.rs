@@ -281,11 +281,8 @@ pub(crate) fn duration(
     value: Option<&str>,
 ) -> Result<Option<std::time::Duration>, ConfigError> {
     let Some(v) = value else { return Ok(None) };
-    let d: gateway_api::Duration = v
-        .parse()
-        .map_err(|e| rc.err(field, format!("duration {v:?}: {e}")))?;
-    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-    Ok((ms > 0).then(|| std::time::Duration::from_millis(ms)))
+    let d = mesh::config::gateway_duration(v).map_err(|e| rc.err(field, e))?;
+    Ok((!d.is_zero()).then_some(d))
 }
 
 fn timeouts(rc: &RouteCx<'_>, at: &str, t: Option<&TimeoutsSpec>) -> Result<Timeouts, ConfigError> {

@@ -468,11 +468,14 @@ fn duration(
     value: Option<&str>,
 ) -> Result<Option<std::time::Duration>, ConfigError> {
     let Some(v) = value else { return Ok(None) };
-    let d: gateway_api::Duration = v
-        .parse()
-        .map_err(|e| ctx.err(field, format!("duration {v:?}: {e}")))?;
+    gateway_duration(v).map(Some).map_err(|e| ctx.err(field, e))
+}
+
+/// Parses a Gateway API duration (GEP-2257), to the millisecond; the error says what is wrong with `v`.
+pub fn gateway_duration(v: &str) -> Result<std::time::Duration, String> {
+    let d: gateway_api::Duration = v.parse().map_err(|e| format!("duration {v:?}: {e}"))?;
     let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-    Ok(Some(std::time::Duration::from_millis(ms)))
+    Ok(std::time::Duration::from_millis(ms))
 }
 
 /// A GRPCRoute method match: service or method given; Exact values are plain names.
