@@ -152,9 +152,11 @@ pub struct RequestCtx {
     error: Option<ProxyError>,
     /// The response flags of a locally answered failure (`NR`, `UF,URX`, ...), for the log line.
     flags: Option<String>,
-    /// Circuit-breaker permits: the request's (all tries) and the current retry's.
+    /// Circuit-breaker permits: the request's (all tries), the current retry's, and the current try's while it
+    /// waits for an upstream connection (`http1MaxPendingRequests`).
     request_permit: Option<Permit>,
     retry_permit: Option<Permit>,
+    pending_permit: Option<Permit>,
     /// The current try's endpoint and its health (for outlier detection and to avoid it on a retry).
     current: Option<(std::net::SocketAddr, Arc<EndpointHealth>)>,
     /// Counts the current try for LEAST_REQUEST.
@@ -432,6 +434,7 @@ impl ProxyHttp for WaypointProxy {
             flags: None,
             request_permit: None,
             retry_permit: None,
+            pending_permit: None,
             current: None,
             in_flight: None,
             set_cookie: None,
@@ -550,6 +553,10 @@ impl ProxyHttp for WaypointProxy {
             source_ip: ctx.conn.as_ref().map(|c| c.peer_addr.ip()),
             exclude: ctx.current.as_ref().map(|(addr, _)| *addr),
         };
+        match backend.breaker.try_pending(&backend.policy.connection_pool) {
+            Ok(permit) => ctx.pending_permit = Some(permit),
+            Err(overflow) => return Err(fail(ctx, ProxyError::Overflow(overflow.field()))),
+        }
         let Some(picked) = backend.pick(&key, Instant::now()) else {
             return Err(fail(
                 ctx,
@@ -590,6 +597,20 @@ impl ProxyHttp for WaypointProxy {
             peer.options.write_timeout = Some(t);
         }
         Ok(peer)
+    }
+
+    /// The try has its connection: it no longer counts as pending.
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        _fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.pending_permit = None;
+        Ok(())
     }
 
     async fn upstream_request_filter(
@@ -697,6 +718,7 @@ impl ProxyHttp for WaypointProxy {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        ctx.pending_permit = None;
         record_outcome(ctx, Outcome::GatewayError);
         ctx.last_failure = Some(Failure::Connect);
         let policy = ctx.chosen.as_ref().and_then(|c| c.rule().retry.as_ref());

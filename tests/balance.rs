@@ -554,3 +554,38 @@ fn a_config_swap_keeps_state_handles_and_hash_placement() {
     // The ring was built at compile time from the four addresses.
     assert_eq!(b.ring().len(), 4 * waypoint::resilience::balance::VNODES);
 }
+
+#[test]
+fn zero_connection_pool_limits_mean_unlimited_as_in_istio() {
+    use mesh::config::Mesh;
+    let text = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: zero, namespace: default}
+spec:
+  host: reviews
+  trafficPolicy:
+    connectionPool:
+      tcp: {maxConnections: 0}
+      http: {http1MaxPendingRequests: 0, http2MaxRequests: 0, maxRequestsPerConnection: 0, maxRetries: 0}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: default}
+spec: {clusterIP: 10.0.0.1, ports: [{port: 80}]}
+";
+    let mesh =
+        Mesh::from_documents(&[("m.yaml".into(), text.to_string())], "cluster.local").unwrap();
+    let svc = mesh.service("default", "reviews").unwrap();
+    let p = waypoint::resilience::policy::TrafficPolicy::of_service(&mesh, svc, 80);
+    let c = &p.connection_pool;
+    assert_eq!(
+        (
+            c.max_connections,
+            c.max_pending_requests,
+            c.max_requests,
+            c.max_requests_per_connection,
+            c.max_retries
+        ),
+        (None, None, None, None, None)
+    );
+}

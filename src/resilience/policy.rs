@@ -129,19 +129,25 @@ impl TrafficPolicy {
     }
 }
 
+/// Istio's connection-pool integers are proto3 fields: 0 is "not set", which Istio turns into its (effectively
+/// unlimited) default — never "admit nothing".
+fn unset_if_zero(v: Option<u32>) -> Option<u32> {
+    v.filter(|n| *n > 0)
+}
+
 impl ConnectionPool {
-    /// From `connectionPool`; an `idleTimeout` of 0 is no idle timeout.
+    /// From `connectionPool`; 0 in a limit means unlimited, as in Istio; an `idleTimeout` of 0 is no idle timeout.
     pub fn from_spec(spec: &ConnectionPoolSpec) -> ConnectionPool {
         let (tcp, http) = (
             spec.tcp.clone().unwrap_or_default(),
             spec.http.clone().unwrap_or_default(),
         );
         ConnectionPool {
-            max_connections: tcp.max_connections,
-            max_pending_requests: http.http1_max_pending_requests,
-            max_requests: http.http2_max_requests,
-            max_requests_per_connection: http.max_requests_per_connection,
-            max_retries: http.max_retries,
+            max_connections: unset_if_zero(tcp.max_connections),
+            max_pending_requests: unset_if_zero(http.http1_max_pending_requests),
+            max_requests: unset_if_zero(http.http2_max_requests),
+            max_requests_per_connection: unset_if_zero(http.max_requests_per_connection),
+            max_retries: unset_if_zero(http.max_retries),
             idle_timeout: http.idle_timeout.filter(|d| !d.is_zero()),
             connect_timeout: tcp.connect_timeout,
         }
