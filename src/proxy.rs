@@ -201,11 +201,20 @@ fn decide(snapshot: &Snapshot, conn: &ConnInfo, req: &RequestHeader) -> Result<C
         &view,
         fastrand::u32(..),
     )?;
+    // The matched prefix is kept only when a redirect or rewrite will read it (no copy per request otherwise).
+    let rule = &table.rules[routed.rule];
+    let backend_filters = routed.backend.map(|b| &rule.backends[b].filters);
+    let uses_prefix = rule.filters.redirect.is_some()
+        || rule.filters.rewrite.is_some()
+        || backend_filters.is_some_and(|f| f.rewrite.is_some());
     Ok(Chosen {
         table: table.clone(),
         rule: routed.rule,
         backend: routed.backend.unwrap_or(usize::MAX),
-        matched_prefix: routed.matched_prefix.map(str::to_string),
+        matched_prefix: routed
+            .matched_prefix
+            .filter(|_| uses_prefix)
+            .map(str::to_string),
     })
 }
 
