@@ -1,0 +1,12 @@
+//! `authz`: Istio's destination-side security policy, shared by the waypoint (L7) and the ztunnel (L4).
+//!
+//! - [`model`]: the `security.istio.io/v1` objects as written (`AuthorizationPolicy`, `RequestAuthentication`),
+//!   serde types with the CRDs' field names.
+//! - [`attrs`]: what a request is judged on ([`attrs::Request`]): the caller's verified identity, addresses and,
+//!   at L7, host, method, normalized path, headers and the verified JWT ([`attrs::RequestAuth`]).
+//!
+//! Nothing here trusts a header for identity: the source principal comes from the HBONE peer certificate, the
+//! request principal only from a JWT this crate verified.
+
+pub mod attrs;
+pub mod model;
