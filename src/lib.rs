@@ -18,5 +18,6 @@ pub mod route;
 pub mod routes;
 pub mod server;
 pub mod snapshot;
+pub mod telemetry;
 pub mod testbed;
 pub mod upstream;
