@@ -5,6 +5,7 @@
 //!   hash on a header, cookie, query parameter or the source IP), skipping ejected endpoints.
 //! - [`breaker`]: circuit breaking (`connectionPool` limits): over a limit, fail fast with 503 `UO`.
 //! - [`outlier`]: outlier detection: eject an endpoint after consecutive errors, bring it back, never all.
+//! - [`reuse`]: `maxRequestsPerConnection`: requests counted per upstream connection.
 //!
 //! Their state lives in [`ResilienceState`], owned by the proxy and keyed by service and endpoint address, not in
 //! the config snapshot: a hot swap keeps in-flight counts, ejections and hash placement.
@@ -13,6 +14,7 @@ pub mod balance;
 pub mod breaker;
 pub mod outlier;
 pub mod policy;
+pub mod reuse;
 
 /// State that outlives config snapshots.
 #[derive(Debug, Default)]

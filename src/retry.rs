@@ -1,6 +1,12 @@
 //! The route-level resilience decisions (HTTPRoute `retry`, GEP-1731, and `timeouts`, GEP-1742), as pure
 //! functions over plain data: whether a failed try is retried, how long to back off, and how long the next try
 //! may take. The proxy keeps one [`Attempts`] per request and asks these questions; it never decides inline.
+//!
+//! [`on`]: Istio's `retryOn` conditions (route annotation `retry.waypoint.dev/on`) that [`should_retry`] honours.
+
+pub mod on;
+
+pub use on::RetryOn;
 
 use std::time::{Duration, Instant};
 
@@ -53,12 +59,11 @@ pub static CLOSE_DETECTION: RetryPolicy = RetryPolicy {
     attempts: 2,
     codes: Vec::new(),
     backoff: None,
+    on: RetryOn::DEFAULT,
 };
 
 /// Whether a failed try is retried: the policy (or, without one, [`CLOSE_DETECTION`]) allows another attempt,
-/// the failure is one it retries, and the request can be replayed. Connect failures and requests that were
-/// provably not delivered are retried for any method; a close after delivery only for idempotent requests; a
-/// status only when the route lists it in `codes`.
+/// the failure is one of its retry-on conditions ([`retried_on`]), and the request can be replayed.
 pub fn should_retry(
     policy: Option<&RetryPolicy>,
     a: &Attempts,
@@ -74,11 +79,33 @@ pub fn should_retry(
     if a.deadline.is_some_and(|d| now >= d) {
         return false;
     }
+    retried_on(p.on, &p.codes, failure, idempotent)
+}
+
+/// Whether `failure` is one of the conditions `on` (Envoy's semantics): a connect failure under
+/// `connect-failure`, `reset-before-request`, `reset`, `5xx` or `gateway-error`; a request provably not
+/// delivered (any method) under `reset-before-request`, `refused-stream`, `reset`, `5xx` or `gateway-error`; a
+/// reset after delivery or a per-try timeout only for idempotent requests (`idempotent`: the method is, or
+/// the route opted in), under `reset` (resets only), `5xx` or `gateway-error`; a status under `5xx` (500–599),
+/// `gateway-error` (502–504), `retriable-4xx` (409) or `retriable-status-codes` (`codes`).
+pub fn retried_on(on: RetryOn, codes: &[u16], failure: Failure, idempotent: bool) -> bool {
+    let any = |c: RetryOn| on.intersects(c);
+    let gateway = RetryOn::FIVE_XX | RetryOn::GATEWAY_ERROR;
     match failure {
-        Failure::Connect | Failure::NotDelivered => true,
-        Failure::ResetBeforeResponse => idempotent,
-        Failure::Status(s) => p.codes.contains(&s),
-        Failure::Timeout => false,
+        Failure::Connect => {
+            any(gateway | RetryOn::CONNECT_FAILURE | RetryOn::RESET | RetryOn::RESET_BEFORE_REQUEST)
+        }
+        Failure::NotDelivered => {
+            any(gateway | RetryOn::RESET | RetryOn::RESET_BEFORE_REQUEST | RetryOn::REFUSED_STREAM)
+        }
+        Failure::ResetBeforeResponse => idempotent && any(gateway | RetryOn::RESET),
+        Failure::Timeout => idempotent && any(gateway),
+        Failure::Status(s) => {
+            (any(RetryOn::FIVE_XX) && (500..=599).contains(&s))
+                || (any(RetryOn::GATEWAY_ERROR) && (502..=504).contains(&s))
+                || (any(RetryOn::RETRIABLE_4XX) && s == 409)
+                || (any(RetryOn::RETRIABLE_STATUS_CODES) && codes.contains(&s))
+        }
     }
 }
 
@@ -146,6 +173,7 @@ mod tests {
             attempts,
             codes: codes.to_vec(),
             backoff: Some(Duration::from_millis(100)),
+            on: RetryOn::DEFAULT,
         }
     }
 
@@ -199,6 +227,58 @@ mod tests {
             !should_retry(Some(&p), &expired, Failure::Connect, true, true, now),
             "past the deadline"
         );
+    }
+
+    #[test]
+    fn retry_on_conditions() {
+        use Failure::*;
+        type On = RetryOn;
+        let codes = [429];
+        let cases = [
+            // (conditions, failure, idempotent, expected)
+            (On::DEFAULT, Connect, false, true),
+            (On::DEFAULT, NotDelivered, false, true),
+            (On::DEFAULT, ResetBeforeResponse, true, true),
+            (On::DEFAULT, ResetBeforeResponse, false, false),
+            (On::DEFAULT, Timeout, true, false),
+            (On::DEFAULT, Status(429), true, true),
+            (On::DEFAULT, Status(503), true, false),
+            (On::FIVE_XX, Status(500), true, true),
+            (On::FIVE_XX, Status(599), false, true),
+            (On::FIVE_XX, Status(429), true, false),
+            (On::FIVE_XX, Connect, false, true),
+            (On::FIVE_XX, Timeout, true, true),
+            (On::FIVE_XX, Timeout, false, false),
+            (On::GATEWAY_ERROR, Status(502), true, true),
+            (On::GATEWAY_ERROR, Status(504), true, true),
+            (On::GATEWAY_ERROR, Status(500), true, false),
+            (On::GATEWAY_ERROR, ResetBeforeResponse, true, true),
+            (On::CONNECT_FAILURE, Connect, false, true),
+            (On::CONNECT_FAILURE, NotDelivered, true, false),
+            (On::CONNECT_FAILURE, ResetBeforeResponse, true, false),
+            (On::CONNECT_FAILURE, Status(503), true, false),
+            (On::REFUSED_STREAM, NotDelivered, false, true),
+            (On::REFUSED_STREAM, Connect, true, false),
+            (On::RESET, ResetBeforeResponse, true, true),
+            (On::RESET, ResetBeforeResponse, false, false),
+            (On::RESET, NotDelivered, false, true),
+            (On::RESET, Timeout, true, false),
+            (On::RESET_BEFORE_REQUEST, NotDelivered, false, true),
+            (On::RESET_BEFORE_REQUEST, Connect, false, true),
+            (On::RESET_BEFORE_REQUEST, ResetBeforeResponse, true, false),
+            (On::RETRIABLE_4XX, Status(409), false, true),
+            (On::RETRIABLE_4XX, Status(429), true, false),
+            (On::RETRIABLE_STATUS_CODES, Status(429), true, true),
+            (On::RETRIABLE_STATUS_CODES, Status(503), true, false),
+            (On::RETRIABLE_STATUS_CODES, Connect, true, false),
+        ];
+        for (i, (on, f, idem, want)) in cases.into_iter().enumerate() {
+            assert_eq!(
+                retried_on(on, &codes, f, idem),
+                want,
+                "case {i}: {on:?} {f:?} idempotent={idem}"
+            );
+        }
     }
 
     #[test]

@@ -129,6 +129,7 @@ mod tests {
             hostname: "reviews.default.svc.cluster.local".into(),
             producer: table_of(matches),
             consumers: HashMap::new(),
+            downstream_idle: None,
             rules: rules
                 .into_iter()
                 .enumerate()

@@ -8,11 +8,18 @@
 //! connection pool, answers `200`, and copies bytes. One pooled Unix connection = one CONNECT stream = one
 //! keep-alive application connection, reused across requests. The relay socket lives in a private (0700)
 //! directory: only this process can use it, so it is no open relay.
+//!
+//! Connection slots (`maxConnections`, see `resilience::breaker::slots`): a peer built for a slot carries its
+//! tag ([`SlotTag`]); the relay keeps one open connection per slot and closes the slot's previous connection
+//! when a new one is opened for it. A plain-TCP endpoint of a service with `maxConnections` goes through the
+//! relay too (a CONNECT without the HBONE headers: the relay dials TCP), so every limited connection is seen.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use http::HeaderMap;
 use mesh::hbone::{Dial, Pool};
@@ -20,40 +27,59 @@ use mesh::identity::{CertStore, Identity};
 use pingora::upstreams::peer::HttpPeer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::oneshot;
 use tracing::debug;
 
 use crate::snapshot::Upstream;
 
 const HDR_HBONE_ADDR: &str = "x-waypoint-hbone-addr";
 const HDR_IDENTITY: &str = "x-waypoint-hbone-identity";
+const HDR_SLOT: &str = "x-waypoint-slot";
 /// The largest CONNECT head the relay reads (Pingora's is ~150 bytes).
 const MAX_HEAD: usize = 4096;
 
-/// The Pingora peer for one endpoint.
-pub fn peer(up: &Upstream, relay: &Path) -> Box<HttpPeer> {
-    match &up.hbone {
-        None => Box::new(HttpPeer::new(up.addr, false, String::new())),
-        Some(h) => {
-            let mut headers = BTreeMap::new();
-            headers.insert(
-                HDR_HBONE_ADDR.to_string(),
-                h.hbone_addr.to_string().into_bytes(),
-            );
-            headers.insert(
-                HDR_IDENTITY.to_string(),
-                h.identity.to_string().into_bytes(),
-            );
-            let next_hop = relay.to_str().expect("relay path is UTF-8");
-            Box::new(HttpPeer::new_proxy(
-                next_hop,
-                up.addr.ip(),
-                up.addr.port(),
-                false,
-                "",
-                headers,
-            ))
-        }
+/// Names one connection slot of a service: the breaker's id and the slot index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SlotTag {
+    pub service: u64,
+    pub index: u32,
+}
+
+impl SlotTag {
+    /// The Pingora pool key of the slot's connection (distinct per service and slot; never 0, the default).
+    pub fn group_key(self) -> u64 {
+        (self.service << 20 | u64::from(self.index)).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1
     }
+}
+
+/// The Pingora peer for one endpoint; `slot`: the connection slot the try holds (see the module doc).
+pub fn peer(up: &Upstream, relay: &Path, slot: Option<SlotTag>) -> Box<HttpPeer> {
+    if up.hbone.is_none() && slot.is_none() {
+        return Box::new(HttpPeer::new(up.addr, false, String::new()));
+    }
+    let mut headers = BTreeMap::new();
+    if let Some(h) = &up.hbone {
+        headers.insert(
+            HDR_HBONE_ADDR.to_string(),
+            h.hbone_addr.to_string().into_bytes(),
+        );
+        headers.insert(
+            HDR_IDENTITY.to_string(),
+            h.identity.to_string().into_bytes(),
+        );
+    }
+    if let Some(t) = slot {
+        headers.insert(
+            HDR_SLOT.to_string(),
+            format!("{}.{}", t.service, t.index).into_bytes(),
+        );
+    }
+    let next_hop = relay.to_str().expect("relay path is UTF-8");
+    let mut peer = HttpPeer::new_proxy(next_hop, up.addr.ip(), up.addr.port(), false, "", headers);
+    if let Some(t) = slot {
+        peer.group_key = t.group_key();
+    }
+    Box::new(peer)
 }
 
 /// The in-process HBONE relay (see the module doc). Removes its socket directory when dropped.
@@ -63,6 +89,7 @@ pub struct Relay {
     task: tokio::task::JoinHandle<()>,
     /// Tells every relayed stream to end (on shutdown or drop).
     closing: tokio::sync::watch::Sender<bool>,
+    slots: Arc<SlotConnections>,
 }
 
 impl Relay {
@@ -78,15 +105,17 @@ impl Relay {
         let path = dir.join("relay.sock");
         let listener = UnixListener::bind(&path)?;
         let (closing, closed) = tokio::sync::watch::channel(false);
+        let slots = Arc::new(SlotConnections::default());
+        let relay_slots = slots.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((conn, _)) = listener.accept().await else {
                     continue;
                 };
-                let (pool, certs) = (pool.clone(), certs.clone());
+                let (pool, certs, slots) = (pool.clone(), certs.clone(), relay_slots.clone());
                 let mut closed = closed.clone();
                 tokio::spawn(async move {
-                    let relayed = relay_one(conn, &pool, &certs);
+                    let relayed = relay_one(conn, &pool, &certs, &slots);
                     let result = tokio::select! {
                         r = relayed => r,
                         _ = closed.wait_for(|c| *c) => Ok(()),
@@ -102,7 +131,13 @@ impl Relay {
             dir,
             task,
             closing,
+            slots,
         })
+    }
+
+    /// Connections open now for connection slots (all services).
+    pub fn slot_connections(&self) -> usize {
+        self.slots.len()
     }
 
     pub fn path(&self) -> &Path {
@@ -128,8 +163,10 @@ impl Drop for Relay {
 #[derive(Debug, PartialEq, Eq)]
 pub struct RelayTarget {
     pub authority: SocketAddr,
-    pub hbone_addr: SocketAddr,
-    pub identity: Identity,
+    /// The HBONE address and expected identity; `None`: plain TCP to `authority`.
+    pub hbone: Option<(SocketAddr, Identity)>,
+    /// The connection slot this connection is for.
+    pub slot: Option<SlotTag>,
 }
 
 /// Parses `CONNECT ip:port HTTP/1.1` and the relay headers.
@@ -143,7 +180,7 @@ pub fn parse_head(head: &str) -> Result<RelayTarget, String> {
     let authority: SocketAddr = auth
         .parse()
         .map_err(|_| format!("bad authority {auth:?}"))?;
-    let (mut hbone_addr, mut identity) = (None, None);
+    let (mut hbone_addr, mut identity, mut slot) = (None, None, None);
     for line in lines {
         let Some((name, value)) = line.split_once(':') else {
             continue;
@@ -157,16 +194,85 @@ pub fn parse_head(head: &str) -> Result<RelayTarget, String> {
             );
         } else if name.eq_ignore_ascii_case(HDR_IDENTITY) {
             identity = Some(value.parse().map_err(|e| format!("{e}"))?);
+        } else if name.eq_ignore_ascii_case(HDR_SLOT) {
+            let bad = || format!("bad slot {value:?}");
+            let (service, index) = value.split_once('.').ok_or_else(bad)?;
+            slot = Some(SlotTag {
+                service: service.parse().map_err(|_| bad())?,
+                index: index.parse().map_err(|_| bad())?,
+            });
         }
+    }
+    let hbone = match (hbone_addr, identity) {
+        (Some(a), Some(i)) => Some((a, i)),
+        (None, None) => None,
+        (Some(_), None) => return Err("missing identity".into()),
+        (None, Some(_)) => return Err("missing hbone address".into()),
+    };
+    if hbone.is_none() && slot.is_none() {
+        return Err("neither an HBONE target nor a connection slot".into());
     }
     Ok(RelayTarget {
         authority,
-        hbone_addr: hbone_addr.ok_or("missing hbone address")?,
-        identity: identity.ok_or("missing identity")?,
+        hbone,
+        slot,
     })
 }
 
-async fn relay_one(mut conn: UnixStream, pool: &Pool, certs: &CertStore) -> io::Result<()> {
+/// The open connection of each slot, so a slot's new connection closes its previous one. Touched when a
+/// connection opens or closes, never per request; bounded by the connections open.
+#[derive(Debug, Default)]
+struct SlotConnections {
+    open: Mutex<HashMap<SlotTag, (u64, oneshot::Sender<()>)>>,
+    next: AtomicU64,
+}
+
+/// Unregisters a slot's connection when its relay task ends (unless a newer one replaced it).
+struct SlotGuard<'a> {
+    conns: &'a SlotConnections,
+    tag: SlotTag,
+    seq: u64,
+}
+
+impl SlotConnections {
+    /// Registers a new connection for `tag`; the previous one is told to close (its sender is dropped).
+    fn register(&self, tag: SlotTag) -> (SlotGuard<'_>, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        let seq = self.next.fetch_add(1, Ordering::Relaxed);
+        let previous = self.lock().insert(tag, (seq, tx));
+        drop(previous);
+        let guard = SlotGuard {
+            conns: self,
+            tag,
+            seq,
+        };
+        (guard, rx)
+    }
+
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SlotTag, (u64, oneshot::Sender<()>)>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        let mut open = self.conns.lock();
+        if open.get(&self.tag).is_some_and(|(seq, _)| *seq == self.seq) {
+            open.remove(&self.tag);
+        }
+    }
+}
+
+async fn relay_one(
+    mut conn: UnixStream,
+    pool: &Pool,
+    certs: &CertStore,
+    slots: &SlotConnections,
+) -> io::Result<()> {
     let mut buf = Vec::with_capacity(512);
     let mut chunk = [0u8; 512];
     let end = loop {
@@ -194,28 +300,74 @@ async fn relay_one(mut conn: UnixStream, pool: &Pool, certs: &CertStore) -> io::
             return Err(io::Error::new(io::ErrorKind::InvalidData, e));
         }
     };
-    let expected = [target.identity.clone()];
-    let dial = Dial {
-        hbone_addr: target.hbone_addr,
-        authority: target.authority,
-        source: certs,
-        expected: &expected,
-        headers: HeaderMap::new(),
+    // A slot's previous connection closes now: its slot is held by the try opening this one.
+    let (_guard, replaced) = match target.slot {
+        Some(tag) => {
+            let (g, rx) = slots.register(tag);
+            (Some(g), Some(rx))
+        }
+        None => (None, None),
     };
-    let mut stream = match pool.connect(dial).await {
-        Ok(s) => s,
-        Err(e) => {
-            conn.write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n")
-                .await?;
-            return Err(io::Error::other(e.to_string()));
+    let replaced = async move {
+        match replaced {
+            Some(rx) => {
+                let _ = rx.await;
+            }
+            None => std::future::pending().await,
         }
     };
+    let rest = buf.get(end + 4..).unwrap_or_default();
+    match &target.hbone {
+        Some((hbone_addr, identity)) => {
+            let expected = [identity.clone()];
+            let dial = Dial {
+                hbone_addr: *hbone_addr,
+                authority: target.authority,
+                source: certs,
+                expected: &expected,
+                headers: HeaderMap::new(),
+            };
+            match pool.connect(dial).await {
+                Ok(stream) => established(conn, stream, rest, replaced).await,
+                Err(e) => refuse(conn, e.to_string()).await,
+            }
+        }
+        None => match tokio::net::TcpStream::connect(target.authority).await {
+            Ok(tcp) => {
+                tcp.set_nodelay(true)?;
+                established(conn, tcp, rest, replaced).await
+            }
+            Err(e) => refuse(conn, e.to_string()).await,
+        },
+    }
+}
+
+/// Answers the CONNECT with 503 (Pingora reports a connect failure).
+async fn refuse(mut conn: UnixStream, why: String) -> io::Result<()> {
+    conn.write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n")
+        .await?;
+    Err(io::Error::other(why))
+}
+
+/// Answers the CONNECT with 200 and copies until either side ends or the slot's connection is replaced.
+async fn established<S>(
+    mut conn: UnixStream,
+    mut stream: S,
+    rest: &[u8],
+    replaced: impl std::future::Future<Output = ()>,
+) -> io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin,
+{
     conn.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await?;
     // Anything Pingora sent after the head is already the application's bytes.
-    if buf.len() > end + 4 {
-        stream.write_all(&buf[end + 4..]).await?;
+    if !rest.is_empty() {
+        stream.write_all(rest).await?;
     }
-    pump(conn, stream).await
+    tokio::select! {
+        r = pump(conn, stream) => r,
+        () = replaced => Ok(()),
+    }
 }
 
 /// Copies both ways. When the endpoint ends its side (END_STREAM or a reset: the application closed its
@@ -223,7 +375,10 @@ async fn relay_one(mut conn: UnixStream, pool: &Pool, certs: &CertStore) -> io::
 /// that the relay had not read yet make Linux report `ECONNRESET` to Pingora, which is the proof that the
 /// request was never delivered (`retry::Failure::NotDelivered`), so even a POST is safely retried. When Pingora
 /// ends its side first, the response is still copied to the end.
-async fn pump(conn: UnixStream, stream: mesh::hbone::H2Stream) -> io::Result<()> {
+async fn pump<S>(conn: UnixStream, stream: S) -> io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin,
+{
     let (mut from_pingora, mut to_pingora) = conn.into_split();
     let (mut from_endpoint, mut to_endpoint) = tokio::io::split(stream);
     let up = async move {

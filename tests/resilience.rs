@@ -21,6 +21,11 @@
 //!   outgrew the 64 KiB replay buffer (503 `UC`, one try).
 //! - [`streams`]: no timeout configured, no cut: a 3 s answer, 8 MiB up and down; `timeouts.request` cuts only
 //!   its own route.
+//! - [`retry_on`]: Istio's retry-on conditions (`retry.waypoint.dev/on`): `5xx`, `gateway-error`,
+//!   `retriable-4xx`, bare codes, `connect-failure`; an unknown condition refused naming the annotation.
+//! - [`pool`]: `maxConnections` (the backend never sees more), `http1MaxPendingRequests` (the excess 503 `UO` at
+//!   once), `maxRequestsPerConnection` (connections retired).
+//! - [`idle`]: the downstream idle timeout closes an idle keep-alive connection, not a busy one.
 //! - [`balance`]: consistent hash (sticky across requests and across a config swap), LEAST_REQUEST, RANDOM.
 //!
 //! The `DestinationRule` tests are written to the specification and fail until the waypoint implements it.
@@ -38,12 +43,18 @@ mod breaker;
 mod deadlines;
 #[path = "resilience/echo.rs"]
 mod echo;
+#[path = "resilience/idle.rs"]
+mod idle;
 #[path = "resilience/outlier.rs"]
 mod outlier;
+#[path = "resilience/pool.rs"]
+mod pool;
 #[path = "resilience/replay.rs"]
 mod replay;
 #[path = "resilience/retries.rs"]
 mod retries;
+#[path = "resilience/retry_on.rs"]
+mod retry_on;
 #[path = "resilience/soak.rs"]
 mod soak;
 #[path = "resilience/streams.rs"]

@@ -429,7 +429,8 @@ fn timeouts_and_retry_follow_the_geps() {
         Some(RetryPolicy {
             attempts: 3,
             codes: vec![502, 503],
-            backoff: Some(Duration::from_millis(100))
+            backoff: Some(Duration::from_millis(100)),
+            on: waypoint::retry::RetryOn::DEFAULT,
         })
     );
     assert_eq!(t.rules[1].timeouts, Timeouts::default(), "0s is no timeout");

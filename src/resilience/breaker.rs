@@ -16,26 +16,26 @@
 //! | [`try_request`](ServiceBreaker::try_request) | `http2MaxRequests` | when the request is routed to the service | the downstream request ends (all its tries) |
 //! | [`try_retry`](ServiceBreaker::try_retry) | `maxRetries` | before each retry (not the first try) | that retry's try ends |
 //! | [`try_pending`](ServiceBreaker::try_pending) | `http1MaxPendingRequests` | when a try starts waiting for an upstream connection | it is connected (or fails) |
-//! | [`try_connection`](ServiceBreaker::try_connection) | `maxConnections` | when a new upstream connection is dialled (not on reuse) | that connection closes |
+//! | [`slots`](ServiceBreaker::slots) | `maxConnections` | before a try gets its connection (waiting as pending while all are held) | that try ends |
 //!
 //! Istio's `maxRetries` is concurrent retries; Envoy's own default is 3, but Istio sets it to 2^32-1, so `None`
 //! here is unlimited; a retry budget bounds retries separately.
 //!
-//! Pending and connection counts are approximations: upstream connections live in Pingora's pool, which does
-//! not report a request waiting for a connection or a pooled connection closing. The proxy counts what it sees:
-//! a try is "pending" from `upstream_peer` until `connected_to_upstream` or `fail_to_connect`; a connection
-//! permit is best held by the HBONE relay task (`crate::upstream`) for as long as it copies one pooled connection
-//! (one CONNECT stream = one application connection, so that count is exact for HBONE endpoints); for plain TCP
-//! endpoints, taking it on `connected_to_upstream(reused = false)` and holding it for the request only bounds
-//! new connections in flight, not the pool.
+//! A try is "pending" from `upstream_peer` until `connected_to_upstream` or `fail_to_connect`: while it waits
+//! for a connection slot and while its connection is being opened. `maxConnections` is enforced exactly for
+//! HTTP/1.1 upstreams by connection slots ([`slots`]): at most N tries hold a connection, each slot names one
+//! pooled connection, and the relay (`crate::upstream`) keeps at most one open connection per slot.
+//! `maxRequestsPerConnection` is enforced by the proxy per connection (`crate::resilience::reuse`).
 
 pub(in crate::resilience) mod registry;
+pub mod slots;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::policy::ConnectionPool;
 use registry::Registry;
+use slots::SlotPool;
 
 /// Which limit was hit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,12 +105,28 @@ impl Breakers {
 }
 
 /// One service's counters.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ServiceBreaker {
     /// Units held now, by [`Overflow::index`].
     held: [AtomicU32; 4],
     /// Refusals, by [`Overflow::index`].
     refused: [AtomicU64; 4],
+    /// Unique in the process: names the service's connection slots to the pool and the relay.
+    id: u64,
+    /// The connection slots for the current `maxConnections` ([`slots`]).
+    slots: arc_swap::ArcSwapOption<SlotPool>,
+}
+
+impl Default for ServiceBreaker {
+    fn default() -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        ServiceBreaker {
+            held: Default::default(),
+            refused: Default::default(),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            slots: Default::default(),
+        }
+    }
 }
 
 /// Holds one unit of a limit; releases it when dropped.
@@ -182,6 +198,26 @@ impl ServiceBreaker {
             self.refused[kind.index()].fetch_add(1, Ordering::Relaxed);
             Err(kind)
         }
+    }
+
+    /// The connection slots for `maxConnections` = `max` (HTTP/1.1 upstreams; see [`slots`]): the same pool
+    /// while the limit stays the same; a new one when a config swap changes it (tries holding slots of the old
+    /// pool finish on it). `None` when `max` exceeds [`slots::MAX_SLOTS`] (not enforced).
+    pub fn slots(&self, max: u32) -> Option<Arc<SlotPool>> {
+        if max > slots::MAX_SLOTS {
+            return None;
+        }
+        if let Some(p) = self.slots.load_full().filter(|p| p.max() == max) {
+            return Some(p);
+        }
+        let fresh = Arc::new(SlotPool::new(max));
+        self.slots.store(Some(fresh.clone()));
+        Some(fresh)
+    }
+
+    /// The process-unique id of this service's breaker (names its connection slots).
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// Requests in flight now.

@@ -82,6 +82,31 @@ pub struct RouteTable {
     pub producer: MatchTable,
     /// Consumer routes by the caller namespace they apply to.
     pub consumers: HashMap<String, MatchTable>,
+    /// How long an idle downstream keep-alive connection to this service is kept (Service label
+    /// [`IDLE_TIMEOUT_LABEL`]); `None`: the proxy's default (`proxy::DOWNSTREAM_IDLE_TIMEOUT`, 1 h).
+    pub downstream_idle: Option<Duration>,
+}
+
+/// The Service label that sets the downstream idle timeout of its connections through the waypoint
+/// (a Gateway API duration, e.g. `30s`, `5m`, `1h`; whole seconds, at least 1 s). A label, not an
+/// annotation, as the mesh model keeps a Service's labels.
+pub const IDLE_TIMEOUT_LABEL: &str = "networking.waypoint.dev/idle-timeout";
+
+/// The downstream idle timeout a Service's label asks for; an invalid value is reported and ignored.
+fn downstream_idle(svc: &Service) -> Option<Duration> {
+    let text = svc.labels.get(IDLE_TIMEOUT_LABEL)?;
+    match mesh::config::gateway_duration(text) {
+        Ok(d) if !d.is_zero() => Some(d),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(
+                service = %format!("{}/{}", svc.namespace, svc.name),
+                field = %format!("metadata.labels[{IDLE_TIMEOUT_LABEL}]"),
+                "ignored: {e}"
+            );
+            None
+        }
+    }
 }
 
 impl RouteTable {
@@ -174,10 +199,13 @@ pub struct Timeouts {
 pub struct RetryPolicy {
     /// Tries after the first.
     pub attempts: u32,
-    /// Response statuses that are retried (connect failures and resets before a response always are).
+    /// Response statuses that are retried: HTTPRoute `retry.codes` and the bare codes of the annotation.
     pub codes: Vec<u16>,
     /// Base of the exponential backoff between tries.
     pub backoff: Option<Duration>,
+    /// The conditions retried (route annotation `retry.waypoint.dev/on`; [`RetryOn::DEFAULT`] without it).
+    /// `codes` are retried under `retriable-status-codes`.
+    pub on: crate::retry::RetryOn,
 }
 
 /// Everything the compiler reads, shared by the stages.
@@ -351,6 +379,7 @@ fn build_table(
         rules.push(backends::default_rule(cx, svc, port));
     }
     RouteTable {
+        downstream_idle: downstream_idle(svc),
         name: format!("{}/{}", svc.namespace, svc.name),
         hostname: svc.hostname(),
         rules,

@@ -8,8 +8,12 @@
 use http::{HeaderName, Method};
 use mesh::config::ConfigError;
 
-use super::spec::{GrpcMethodSpec, MatchSpec, RetrySpec, RouteSpec, TimeoutsSpec, ValueMatchSpec};
+use super::spec::{
+    GrpcMethodSpec, MatchSpec, RetrySpec, RouteSpec, TimeoutsSpec, ValueMatchSpec,
+    RETRY_ON_ANNOTATION,
+};
 use super::{backends, filters, Cx, RetryPolicy, RouteKind, Rule, Timeouts};
+use crate::retry::RetryOn;
 use crate::routes::matching::{HeaderMatch, PathMatch, QueryMatch, RouteMatch, StringMatch};
 
 /// Attempts when `retry` gives none (implementation-specific per GEP-1731; Istio's default).
@@ -65,6 +69,7 @@ pub(crate) fn compile_route(
         endpoints,
         out: CompiledRoute::default(),
     };
+    let retry_on = retry_on(&rc)?;
     for (ri, rule) in route.body.rules.iter().enumerate() {
         let at = format!("spec.rules[{ri}]");
         let matches = match rule.matches.as_deref() {
@@ -87,7 +92,7 @@ pub(crate) fn compile_route(
             rule_backends.push(backends::backend(&mut rc, &field, b, false)?);
         }
         let timeouts = timeouts(&rc, &at, rule.timeouts.as_ref())?;
-        let retry = retry(&rc, &at, rule.retry.as_ref())?;
+        let retry = retry(&rc, &at, rule.retry.as_ref(), retry_on.as_ref())?;
         for (mi, m) in matches.into_iter().enumerate() {
             rc.out.matches.push((m, ri, mi));
         }
@@ -303,8 +308,18 @@ fn retry(
     rc: &RouteCx<'_>,
     at: &str,
     r: Option<&RetrySpec>,
+    on: Option<&(RetryOn, Vec<u16>)>,
 ) -> Result<Option<RetryPolicy>, ConfigError> {
-    let Some(r) = r else { return Ok(None) };
+    let (retry_on, extra_codes) = on.map_or((RetryOn::DEFAULT, &[][..]), |(o, c)| (*o, &c[..]));
+    let Some(r) = r else {
+        // The annotation alone is a retry policy with the default attempts.
+        return Ok(on.map(|_| RetryPolicy {
+            attempts: DEFAULT_RETRY_ATTEMPTS,
+            codes: extra_codes.to_vec(),
+            backoff: None,
+            on: retry_on,
+        }));
+    };
     let attempts = match r.attempts {
         None => DEFAULT_RETRY_ATTEMPTS,
         Some(a) => u32::try_from(a).map_err(|_| {
@@ -314,7 +329,7 @@ fn retry(
             )
         })?,
     };
-    let mut codes = Vec::with_capacity(r.codes.len());
+    let mut codes = Vec::with_capacity(r.codes.len() + extra_codes.len());
     for (i, c) in r.codes.iter().enumerate() {
         match u16::try_from(*c) {
             Ok(c) if (400..=599).contains(&c) => codes.push(c),
@@ -324,10 +339,27 @@ fn retry(
             }
         }
     }
+    codes.extend(
+        extra_codes
+            .iter()
+            .filter(|c| !r.codes.contains(&i64::from(**c))),
+    );
     let backoff = duration(rc, &format!("{at}.retry.backoff"), r.backoff.as_deref())?;
     Ok((attempts > 0).then_some(RetryPolicy {
         attempts,
         codes,
         backoff,
+        on: retry_on,
     }))
+}
+
+/// The route's `retry.waypoint.dev/on` annotation, parsed; an unknown condition is an error naming it.
+fn retry_on(rc: &RouteCx<'_>) -> Result<Option<(RetryOn, Vec<u16>)>, ConfigError> {
+    let Some(text) = rc.route.retry_on.as_deref() else {
+        return Ok(None);
+    };
+    let field = format!("metadata.annotations[{RETRY_ON_ANNOTATION}]");
+    RetryOn::parse(text)
+        .map(Some)
+        .map_err(|e| rc.err(&field, format!("{e} in {text:?}")))
 }

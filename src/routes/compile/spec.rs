@@ -25,12 +25,19 @@ pub(crate) struct RouteSpec {
     /// The annotation [`RETRY_RESETS_ANNOTATION`] is `"true"`: resets before the response are retried for
     /// every method, not only idempotent ones.
     pub retry_resets: bool,
+    /// The annotation [`RETRY_ON_ANNOTATION`], unparsed (the rule compiler reports its errors).
+    pub retry_on: Option<String>,
     pub body: Body,
 }
 
 /// Opts a route into retrying non-idempotent requests after a reset before any response byte (Envoy's `reset`
 /// retry condition): only for handlers that are safe to run twice.
 pub const RETRY_RESETS_ANNOTATION: &str = "retry.waypoint.dev/reset-before-response";
+
+/// Istio's `retryOn` list for every rule of the route (`5xx`, `gateway-error`, `connect-failure`,
+/// `refused-stream`, `reset`, `reset-before-request`, `retriable-4xx`, `retriable-status-codes`, bare status
+/// codes): see [`crate::retry::RetryOn`].
+pub const RETRY_ON_ANNOTATION: &str = "retry.waypoint.dev/on";
 
 impl RouteSpec {
     /// `HTTPRoute ns/name`.
@@ -229,6 +236,11 @@ pub(crate) fn routes(mesh: &Mesh) -> Result<Vec<RouteSpec>, ConfigError> {
                         .as_ref()
                         .and_then(|a| a.get(RETRY_RESETS_ANNOTATION))
                         .is_some_and(|v| v == "true"),
+                    retry_on: m
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get(RETRY_ON_ANNOTATION))
+                        .cloned(),
                     body: Body::default(),
                 };
                 route.body = neutral(&r.object.spec).map_err(|e| route.err("spec", e))?;
