@@ -2,6 +2,17 @@
 //! system `protoc`).
 //!
 //! - [`config::v1`]: the compiled config snapshot, as the admin endpoint dumps it.
+//! - [`envoy::service::auth::v3`]: Envoy's external authorization API (`Authorization/Check`), with a tonic
+//!   client ([`envoy::service::auth::v3::authorization_client`]) and server
+//!   ([`envoy::service::auth::v3::authorization_server`]), and the messages it needs from
+//!   [`envoy::config::core::v3`], `envoy::r#type::v3` and [`google::rpc`]. Same packages, names and field
+//!   numbers as Envoy's protos, so any ext_authz server speaks to it unchanged; fields the waypoint neither sends
+//!   nor reads are left out (a decoder skips them).
+//!
+//! The gRPC code is generated without a transport: callers enable tonic's `channel` (client) or `server`
+//! feature themselves.
+
+pub use prost_types;
 
 /// `waypoint.config.*`
 pub mod config {
@@ -11,27 +22,44 @@ pub mod config {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::config::v1::*;
-    use prost::Message;
-
-    #[test]
-    fn snapshot_round_trips() {
-        let snap = Snapshot {
-            generation: 7,
-            gateway: "default/waypoint".into(),
-            services: vec![ServiceRoutes {
-                name: "default/reviews".into(),
-                address: "127.0.0.100:9080".into(),
-                matches: vec![RouteMatch {
-                    path: Some(route_match::Path::Prefix("/".into())),
-                    rule: 0,
-                }],
-                ..Default::default()
-            }],
-        };
-        let bytes = snap.encode_to_vec();
-        assert_eq!(Snapshot::decode(bytes.as_slice()).unwrap(), snap);
+/// `envoy.*`: the subset of Envoy's API the ext_authz client needs.
+pub mod envoy {
+    /// `envoy.config.*`
+    pub mod config {
+        /// `envoy.config.core.*`
+        pub mod core {
+            /// `envoy.config.core.v3`: addresses and header values.
+            pub mod v3 {
+                include!(concat!(env!("OUT_DIR"), "/envoy.config.core.v3.rs"));
+            }
+        }
+    }
+    /// `envoy.service.*`
+    pub mod service {
+        /// `envoy.service.auth.*`
+        pub mod auth {
+            /// `envoy.service.auth.v3`: `Authorization/Check`.
+            pub mod v3 {
+                include!(concat!(env!("OUT_DIR"), "/envoy.service.auth.v3.rs"));
+            }
+        }
+    }
+    /// `envoy.type.*`
+    pub mod r#type {
+        /// `envoy.type.v3`: HTTP status.
+        pub mod v3 {
+            include!(concat!(env!("OUT_DIR"), "/envoy.r#type.v3.rs"));
+        }
     }
 }
+
+/// `google.*`
+pub mod google {
+    /// `google.rpc`: the gRPC status message.
+    pub mod rpc {
+        include!(concat!(env!("OUT_DIR"), "/google.rpc.rs"));
+    }
+}
+
+#[cfg(test)]
+mod tests;
