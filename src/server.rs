@@ -1,5 +1,12 @@
 //! One waypoint instance, wired: config (watched, compiled, hot-swapped), certificates (watched), the HBONE
-//! listener, Pingora's HTTP proxy, the upstream HBONE pool and relay.
+//! listener, Pingora's HTTP proxy, the upstream HBONE pool and relay, and the operations endpoints (readiness
+//! on 15021, Prometheus on 15020, admin on loopback 15000).
+//!
+//! Drain ([`Waypoint::drain`], what SIGTERM runs): readiness turns 503; the HBONE listener accepts what the
+//! kernel queued and closes (with `SO_REUSEPORT` a new instance on the same address takes every new
+//! connection); every HBONE connection gets a graceful GOAWAY; inside the tunnels Pingora answers each next
+//! HTTP/1.1 request with `Connection: close` (h2c: GOAWAY). In-flight requests finish; at 80% of the drain
+//! timeout idle keep-alive connections are closed; at the timeout whatever is left is cut.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,10 +17,12 @@ use anyhow::Context as _;
 use mesh::config::{watch_dir, GatewayRef, Live, Mesh};
 use mesh::hbone::{self, Pool, PoolOptions, PoolStats, ServerOptions};
 use mesh::identity::CertStore;
-use pingora::apps::HttpServerOptions;
+use mesh::ops::{LogControl, Readiness};
+use pingora::apps::{HttpServerOptions, ServerApp as _};
+use pingora::proxy::HttpProxy;
 use pingora::server::configuration::ServerConf;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::{AbortHandle, JoinHandle};
 
 use crate::admin::AdminState;
 use crate::downstream::Inbound;
@@ -39,24 +48,78 @@ pub struct WaypointConfig {
     pub admin: Option<SocketAddr>,
 }
 
-/// A running waypoint.
+/// The operations side of a waypoint ([`Waypoint::start_with`]); the default serves no ops port and binds the
+/// HBONE listener with `SO_REUSEPORT`.
+#[derive(Clone, Debug)]
+pub struct Ops {
+    /// `GET /healthz/ready` (15021), when wanted.
+    pub readiness: Option<SocketAddr>,
+    /// Prometheus text on `/stats/prometheus` and `/metrics` (15020), when wanted.
+    pub stats: Option<SocketAddr>,
+    /// Bind the HBONE listener with `SO_REUSEPORT`, so a new instance can take the address while this one drains.
+    pub reuse_port: bool,
+    /// The process's log filter, for the admin port's `/logging`.
+    pub log: Option<LogControl>,
+}
+
+impl Default for Ops {
+    fn default() -> Self {
+        Ops {
+            readiness: None,
+            stats: None,
+            reuse_port: true,
+            log: None,
+        }
+    }
+}
+
+/// Idle keep-alive connections are closed at this share of the drain timeout (busy ones close sooner, after
+/// their next response).
+const IDLE_CLOSE_AT: f64 = 0.8;
+
+/// A running waypoint. Dropping it stops every task it started.
 pub struct Waypoint {
     addr: SocketAddr,
     live: Arc<Live<Snapshot>>,
     pool: Pool,
     stats: Arc<Stats>,
     mirrors: Arc<Mirrors>,
-    admin: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
+    readiness: Readiness,
+    app: Arc<HttpProxy<WaypointProxy>>,
+    /// Admin, readiness and stats servers: (address, task).
+    admin: Option<(SocketAddr, JoinHandle<()>)>,
+    readiness_server: Option<(SocketAddr, JoinHandle<()>)>,
+    stats_server: Option<(SocketAddr, JoinHandle<()>)>,
     shutdown: watch::Sender<bool>,
-    serve: tokio::task::JoinHandle<()>,
-    _relay: Relay,
+    /// Turns true once the HBONE server returned (every connection drained).
+    drained: watch::Receiver<bool>,
+    serve: AbortHandle,
+    relay: Relay,
     _watch: mesh::config::live::WatchGuard,
 }
 
 impl Waypoint {
-    /// Loads and compiles the config (failing on a bad one: there is no last good config yet), binds the
-    /// listener and starts serving. `certs` is this waypoint's identity (watch it separately to rotate).
+    /// [`Waypoint::start_with`] without ops ports.
     pub async fn start(cfg: WaypointConfig, certs: CertStore) -> anyhow::Result<Waypoint> {
+        Self::start_with(cfg, certs, Ops::default()).await
+    }
+
+    /// Loads and compiles the config (failing on a bad one: there is no last good config yet), binds the
+    /// listeners and starts serving. `certs` is this waypoint's identity (watch it separately to rotate).
+    /// Readiness is bound first, so a probe sees 503 until the config is loaded and the HBONE listener is up.
+    pub async fn start_with(
+        cfg: WaypointConfig,
+        certs: CertStore,
+        ops: Ops,
+    ) -> anyhow::Result<Waypoint> {
+        let readiness = Readiness::default();
+        let readiness_server = match ops.readiness {
+            Some(addr) => Some(spawn_server(addr, "readiness", |l| {
+                mesh::ops::serve_readiness(l, readiness.clone())
+            })?),
+            None => None,
+        };
+        readiness.certs_loaded();
         let spec = WaypointSpec {
             gateway: cfg.gateway.clone(),
             hbone_port: cfg.hbone_port,
@@ -66,6 +129,7 @@ impl Waypoint {
         let resilience = Arc::new(ResilienceState::default());
         let live = Arc::new(Live::new(compile_with_state(&mesh, &spec, &resilience)?));
         drop(mesh);
+        readiness.config_loaded();
         let watch_spec = spec.clone();
         let watch = watch_dir(
             cfg.manifests.clone(),
@@ -87,23 +151,28 @@ impl Waypoint {
             stats: stats.clone(),
             mirrors: mirrors.clone(),
         };
+        let state = Arc::new(AdminState {
+            live: live.clone(),
+            stats: stats.clone(),
+            mirrors: mirrors.stats.clone(),
+            pool: pool.clone(),
+            readiness: readiness.clone(),
+            log: ops.log.clone(),
+        });
         let admin = match cfg.admin {
             Some(addr) => {
                 let listener = crate::admin::bind(addr)
                     .await
                     .with_context(|| format!("binding admin {addr}"))?;
                 let admin_addr = listener.local_addr()?;
-                let state = Arc::new(AdminState {
-                    live: live.clone(),
-                    stats: stats.clone(),
-                    mirrors: mirrors.stats.clone(),
-                    pool: pool.clone(),
-                });
-                Some((
-                    admin_addr,
-                    tokio::spawn(crate::admin::serve(listener, state)),
-                ))
+                Some((admin_addr, crate::admin::serve(listener, state.clone())))
             }
+            None => None,
+        };
+        let stats_server = match ops.stats {
+            Some(addr) => Some(spawn_server(addr, "stats", |l| {
+                mesh::ops::serve_metrics(l, crate::admin::metrics(state.clone()))
+            })?),
             None => None,
         };
         let conf = Arc::new(ServerConf::default());
@@ -111,24 +180,30 @@ impl Waypoint {
         let mut options = HttpServerOptions::default();
         options.h2c = true;
         app.server_options = Some(options);
+        let app = Arc::new(app);
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let inbound = Arc::new(Inbound {
-            app: Arc::new(app),
+            app: app.clone(),
             live: live.clone(),
             shutdown: shutdown_rx.clone(),
         });
-        let listener = TcpListener::bind(cfg.listen)
-            .await
+        let listener = mesh::ops::bind(cfg.listen, ops.reuse_port)
             .with_context(|| format!("binding {}", cfg.listen))?;
         let addr = listener.local_addr()?;
-        let serve = tokio::spawn(hbone::serve(
-            listener,
-            certs,
-            inbound,
-            ServerOptions::default(),
-            shutdown_rx,
-        ));
+        let (drained_tx, drained) = watch::channel(false);
+        let serve = tokio::spawn(async move {
+            hbone::serve(
+                listener,
+                certs,
+                inbound,
+                ServerOptions::default(),
+                shutdown_rx,
+            )
+            .await;
+            drained_tx.send_replace(true);
+        });
+        readiness.listening();
         tracing::info!(%addr, gateway = ?cfg.gateway, services = live.load().services.len(), "waypoint listening");
         Ok(Waypoint {
             addr,
@@ -136,10 +211,15 @@ impl Waypoint {
             pool,
             stats,
             mirrors,
+            readiness,
+            app,
             admin,
+            readiness_server,
+            stats_server,
             shutdown,
-            serve,
-            _relay: relay,
+            drained,
+            serve: serve.abort_handle(),
+            relay,
             _watch: watch,
         })
     }
@@ -166,15 +246,74 @@ impl Waypoint {
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().map(|(a, _)| *a)
     }
+    /// The readiness endpoint's address, when enabled.
+    pub fn readiness_addr(&self) -> Option<SocketAddr> {
+        self.readiness_server.as_ref().map(|(a, _)| *a)
+    }
+    /// The Prometheus endpoint's address, when enabled.
+    pub fn stats_addr(&self) -> Option<SocketAddr> {
+        self.stats_server.as_ref().map(|(a, _)| *a)
+    }
+    /// What `/healthz/ready` answers.
+    pub fn readiness(&self) -> &Readiness {
+        &self.readiness
+    }
 
-    /// Stops accepting, sends GOAWAY, and waits (at most `deadline`) for in-flight streams.
+    /// Drains (see the module doc): returns once every HBONE connection has ended (true) or `timeout` passed
+    /// and the rest were cut (false). What SIGTERM runs; calling it again just waits again.
+    pub async fn drain(&self, timeout: Duration) -> bool {
+        self.readiness.draining();
+        self.shutdown.send_replace(true);
+        tracing::info!(addr = %self.addr, ?timeout, "draining");
+        let idle_close = timeout.mul_f64(IDLE_CLOSE_AT);
+        let mut finished = self.wait_drained(idle_close).await;
+        if !finished {
+            // Wake the keep-alive connections parked waiting for a next request: they close now.
+            self.app.cleanup().await;
+            finished = self.wait_drained(timeout.saturating_sub(idle_close)).await;
+        }
+        if !finished {
+            tracing::warn!(addr = %self.addr, "drain timeout; cutting the remaining connections");
+            self.serve.abort();
+        }
+        // No request is in flight any more: end the pooled upstream streams so destinations see a clean close.
+        self.relay.close_streams();
+        finished
+    }
+
+    async fn wait_drained(&self, within: Duration) -> bool {
+        let mut drained = self.drained.clone();
+        tokio::time::timeout(within, drained.wait_for(|d| *d))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// [`Waypoint::drain`], then stops every task.
     pub async fn shutdown(self, deadline: Duration) {
-        let _ = self.shutdown.send(true);
-        let _ = tokio::time::timeout(deadline, self.serve).await;
-        // In-flight requests are done: end the pooled upstream streams so destinations see a clean close.
-        self._relay.close_streams();
-        if let Some((_, task)) = self.admin {
+        self.drain(deadline).await;
+    }
+}
+
+impl Drop for Waypoint {
+    fn drop(&mut self) {
+        self.serve.abort();
+        for (_, task) in [&self.admin, &self.readiness_server, &self.stats_server]
+            .into_iter()
+            .flatten()
+        {
             task.abort();
         }
     }
+}
+
+/// Binds `addr` and starts `serve` on it (an ops endpoint).
+fn spawn_server(
+    addr: SocketAddr,
+    what: &str,
+    serve: impl FnOnce(tokio::net::TcpListener) -> JoinHandle<()>,
+) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
+    let listener =
+        mesh::ops::bind(addr, false).with_context(|| format!("binding {what} on {addr}"))?;
+    let bound = listener.local_addr()?;
+    Ok((bound, serve(listener)))
 }

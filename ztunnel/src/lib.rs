@@ -13,12 +13,14 @@
 //! - [`inbound`]: the pure destination check and the HBONE CONNECT handler.
 //! - [`socks5`], [`redirect`]: the outbound entry points.
 //! - [`stats`], [`drain`]: counters; bounded graceful shutdown.
+//! - [`ops`]: readiness, Prometheus and admin endpoints.
 //!
 //! Wire behaviour follows `shared/notes/hbone.md`; the HBONE machinery itself lives in `mesh::hbone`.
 
 pub mod drain;
 pub mod inbound;
 pub mod node;
+pub mod ops;
 pub mod outbound;
 pub mod redirect;
 pub mod socks5;

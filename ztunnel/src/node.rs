@@ -1,6 +1,11 @@
 //! Assembly of a running node proxy: load the manifests and the local workloads' certificates, bind every
 //! listener, spawn the accept loops, and shut them down gracefully.
 //!
+//! Readiness ([`crate::ops`]) is 200 once the config and certificates are loaded and every listener is bound,
+//! 503 before and from the moment a drain begins. A drain ([`Ztunnel::drain`], what SIGTERM runs) stops the
+//! accept loops (inbound HBONE listeners accept what the kernel queued, close, then GOAWAY every connection),
+//! lets in-flight connections finish until the drain timeout, and cuts the rest.
+//!
 //! Listeners are bound once, at start, for the local workloads known then: a workload that becomes local later
 //! (a new pod on the node) needs a restart to get its inbound listener and its certificate. Everything else
 //! (services, endpoints, waypoints, remote workloads) follows the manifests directory live.
@@ -16,18 +21,21 @@ use mesh::config::{self, Live, Mesh};
 use mesh::devca::workload_paths;
 use mesh::hbone::{Pool, PoolOptions, ServerOptions};
 use mesh::identity::{self, CertStore};
+use mesh::ops::Readiness;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::drain::Drain;
 use crate::inbound::InboundHandler;
+use crate::ops::{Ops, OpsState, Servers};
 use crate::outbound::{CertSet, Outbound};
 use crate::stats::{Counters, Stats};
 use crate::view::{NodeSpec, NodeView, WorkloadRef};
 use crate::{redirect, socks5};
 
-/// How long in-flight connections may run on after [`Ztunnel::shutdown`] before they are cut.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long in-flight connections may run on after [`Ztunnel::shutdown`] before they are cut (Istio's default
+/// `terminationDrainDuration`).
+pub const SHUTDOWN_GRACE: Duration = mesh::ops::DEFAULT_DRAIN_TIMEOUT;
 
 /// Quiet time before a manifests change is reloaded.
 pub const CONFIG_DEBOUNCE: Duration = Duration::from_millis(100);
@@ -64,22 +72,34 @@ pub struct Ztunnel {
     counters: Arc<Counters>,
     pool: Pool,
     drain: Drain,
+    readiness: Readiness,
+    servers: Servers,
     tasks: Vec<JoinHandle<()>>,
     _config_watch: config::live::WatchGuard,
     _cert_watches: Vec<identity::WatchGuard>,
 }
 
 impl Ztunnel {
-    /// Loads the config and certificates, binds every listener and returns once they are all listening.
+    /// [`Ztunnel::start_with`] without ops ports.
     pub async fn start(cfg: NodeConfig) -> anyhow::Result<Ztunnel> {
+        Self::start_with(cfg, Ops::default()).await
+    }
+
+    /// Loads the config and certificates, binds every listener and returns once they are all listening.
+    /// The readiness port is bound first and turns 200 at the end.
+    pub async fn start_with(cfg: NodeConfig, ops: Ops) -> anyhow::Result<Ztunnel> {
+        let readiness = Readiness::default();
+        let mut servers = crate::ops::start_readiness(&ops, &readiness).await?;
         // Config: the manifests as this node sees them.
         let spec = node_spec(&cfg)?;
         let view = NodeView::compile(Arc::new(load_mesh(&cfg).await?), &spec);
         check_spec(&view, &spec)?;
+        readiness.config_loaded();
         // Certificates of the workloads we speak for.
         let (certs, cert_watches) = load_certs(&view, &cfg)?;
+        readiness.certs_loaded();
         // Listeners: all bound before anything is spawned, so a failure leaves nothing running.
-        let listeners = Listeners::bind(&view, &certs, &cfg).await?;
+        let listeners = Listeners::bind(&view, &certs, &cfg, ops.reuse_port).await?;
         let own = listeners.addrs();
         // Live config from here on.
         let live = Arc::new(Live::new(view));
@@ -112,6 +132,15 @@ impl Ztunnel {
             listeners.redirect.as_ref().map(addr_of),
         );
         let tasks = listeners.spawn(&outbound, &handler, &drain);
+        let state = Arc::new(OpsState {
+            live: live.clone(),
+            counters: counters.clone(),
+            pool: pool.clone(),
+            readiness: readiness.clone(),
+            log: ops.log.clone(),
+        });
+        crate::ops::start_rest(&mut servers, &ops, state).await?;
+        readiness.listening();
         tracing::info!(?inbound, ?socks5, ?redirect, "ztunnel listening");
         Ok(Ztunnel {
             socks5,
@@ -121,6 +150,8 @@ impl Ztunnel {
             counters,
             pool,
             drain,
+            readiness,
+            servers,
             tasks,
             _config_watch: config_watch,
             _cert_watches: cert_watches,
@@ -156,15 +187,37 @@ impl Ztunnel {
         self.counters.snapshot(self.pool.stats())
     }
 
-    /// Stops accepting (HBONE servers send GOAWAY), lets in-flight connections finish for up to
-    /// [`SHUTDOWN_GRACE`], then cuts the rest.
-    pub async fn shutdown(self) {
-        if !self.drain.shutdown(SHUTDOWN_GRACE).await {
+    /// What `/healthz/ready` answers.
+    pub fn readiness(&self) -> &Readiness {
+        &self.readiness
+    }
+
+    /// The address of ops server `what` (`"readiness"`, `"stats"`, `"admin"`), when enabled.
+    pub fn ops_addr(&self, what: &str) -> Option<SocketAddr> {
+        self.servers.addr(what)
+    }
+
+    /// Drains (see the module doc): true when every connection finished within `timeout`.
+    pub async fn drain(&self, timeout: Duration) -> bool {
+        self.readiness.draining();
+        let finished = self.drain.shutdown(timeout).await;
+        if !finished {
             tracing::warn!(
                 remaining = self.drain.active(),
-                "shutdown grace elapsed; cutting connections"
+                "drain timeout elapsed; cutting connections"
             );
         }
+        finished
+    }
+
+    /// [`Ztunnel::shutdown_within`] [`SHUTDOWN_GRACE`].
+    pub async fn shutdown(self) {
+        self.shutdown_within(SHUTDOWN_GRACE).await;
+    }
+
+    /// Drains for up to `timeout`, then stops every task.
+    pub async fn shutdown_within(self, timeout: Duration) {
+        self.drain(timeout).await;
         for task in self.tasks {
             let abort = task.abort_handle();
             if tokio::time::timeout(Duration::from_secs(1), task)
@@ -259,7 +312,12 @@ struct Listeners {
 }
 
 impl Listeners {
-    async fn bind(view: &NodeView, certs: &CertSet, cfg: &NodeConfig) -> anyhow::Result<Listeners> {
+    async fn bind(
+        view: &NodeView,
+        certs: &CertSet,
+        cfg: &NodeConfig,
+        reuse_port: bool,
+    ) -> anyhow::Result<Listeners> {
         let mut seen = BTreeSet::<IpAddr>::new();
         let mut inbound = vec![];
         for w in view.local_workloads() {
@@ -267,7 +325,7 @@ impl Listeners {
                 continue;
             }
             let addr = SocketAddr::new(w.ip, cfg.hbone_port);
-            let listener = TcpListener::bind(addr).await.with_context(|| {
+            let listener = mesh::ops::bind(addr, reuse_port).with_context(|| {
                 format!(
                     "inbound HBONE listener of {}/{} on {addr}",
                     w.namespace, w.name

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use notify::event::{AccessKind, AccessMode};
@@ -24,7 +24,7 @@ pub struct Live<T> {
     current: ArcSwap<T>,
     generation: AtomicU64,
     /// Off the request path: only the watcher and admin pages touch it.
-    last_error: Mutex<Option<ConfigError>>,
+    last_error: Mutex<Option<(ConfigError, SystemTime)>>,
 }
 
 impl<T> Live<T> {
@@ -54,12 +54,16 @@ impl<T> Live<T> {
     }
     /// The last rejected change, cleared by the next good one.
     pub fn last_error(&self) -> Option<ConfigError> {
-        self.error_slot().clone()
+        self.error_slot().as_ref().map(|(e, _)| e.clone())
+    }
+    /// When the last rejected change was rejected.
+    pub fn last_error_at(&self) -> Option<SystemTime> {
+        self.error_slot().as_ref().map(|(_, at)| *at)
     }
     pub fn set_error(&self, err: ConfigError) {
-        *self.error_slot() = Some(err);
+        *self.error_slot() = Some((err, SystemTime::now()));
     }
-    fn error_slot(&self) -> MutexGuard<'_, Option<ConfigError>> {
+    fn error_slot(&self) -> MutexGuard<'_, Option<(ConfigError, SystemTime)>> {
         // A panic while holding the lock cannot leave an Option half-written.
         self.last_error.lock().unwrap_or_else(|e| e.into_inner())
     }

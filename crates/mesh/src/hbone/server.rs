@@ -113,11 +113,14 @@ impl Default for ServerOptions {
     }
 }
 
-/// Serves HBONE on `listener` until `shutdown` turns true (then GOAWAY on every connection, in-flight streams
-/// run to completion). Non-CONNECT requests get 405; an `:authority` that is not `ip:port` gets 400; a TLS
-/// handshake failure closes the connection. Each CONNECT runs `handler` on its own task.
+/// Serves HBONE on `listener` until `shutdown` turns true. Non-CONNECT requests get 405; an `:authority` that is
+/// not `ip:port` gets 400; a TLS handshake failure closes the connection. Each CONNECT runs `handler` on its own
+/// task.
 ///
-/// Returns once the listener is closed and every connection has drained.
+/// Drain, in this order: connections already queued in the kernel are accepted, the listener is closed (so with
+/// `SO_REUSEPORT` the kernel sends new connections to another instance on the address), and only then every
+/// connection gets an HTTP/2 graceful GOAWAY; a client redialling on GOAWAY thus never meets the closing
+/// listener. In-flight streams run to completion. Returns once every connection has drained.
 pub async fn serve<H: ConnectHandler>(
     listener: TcpListener,
     certs: CertStore,
@@ -127,23 +130,26 @@ pub async fn serve<H: ConnectHandler>(
 ) {
     let options = Arc::new(options);
     let mut connections = JoinSet::new();
-    let stop = shutdown_signal(shutdown.clone());
+    // Connections hear of the drain only after the listener is closed (see above).
+    let (goaway, goaway_rx) = watch::channel(false);
+    let spawn = |connections: &mut JoinSet<()>, tcp: TcpStream, peer_addr: SocketAddr| {
+        connections.spawn(serve_connection(
+            tcp,
+            peer_addr,
+            certs.clone(),
+            handler.clone(),
+            options.clone(),
+            goaway_rx.clone(),
+        ));
+    };
+    let stop = shutdown_signal(shutdown);
     tokio::pin!(stop);
     loop {
         tokio::select! {
             _ = &mut stop => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => match accepted {
-                Ok((tcp, peer_addr)) => {
-                    connections.spawn(serve_connection(
-                        tcp,
-                        peer_addr,
-                        certs.clone(),
-                        handler.clone(),
-                        options.clone(),
-                        shutdown.clone(),
-                    ));
-                }
+                Ok((tcp, peer_addr)) => spawn(&mut connections, tcp, peer_addr),
                 Err(e) => {
                     // Out of descriptors and the like: back off instead of spinning.
                     tracing::warn!(error = %e, "hbone accept failed");
@@ -152,9 +158,42 @@ pub async fn serve<H: ConnectHandler>(
             }
         }
     }
-    drop(listener);
+    for (tcp, peer_addr) in accept_queued(listener) {
+        spawn(&mut connections, tcp, peer_addr);
+    }
+    goaway.send_replace(true);
+    tracing::debug!(
+        connections = connections.len(),
+        "hbone listener closed; draining"
+    );
     while connections.join_next().await.is_some() {}
 }
+
+/// Accepts what the kernel already queued on `listener` (a handshake completed but not yet accepted would be
+/// reset when the listener closes), then closes it. At most a listen backlog's worth.
+fn accept_queued(listener: TcpListener) -> Vec<(TcpStream, SocketAddr)> {
+    let Ok(listener) = listener.into_std() else {
+        return vec![];
+    };
+    let mut queued = vec![];
+    // `into_std` keeps the socket non-blocking: `accept` says `WouldBlock` once the queue is empty.
+    while queued.len() < ACCEPT_QUEUED_MAX {
+        let Ok((tcp, peer_addr)) = listener.accept() else {
+            break;
+        };
+        match tcp
+            .set_nonblocking(true)
+            .and_then(|()| TcpStream::from_std(tcp))
+        {
+            Ok(tcp) => queued.push((tcp, peer_addr)),
+            Err(e) => tracing::debug!(%peer_addr, error = %e, "hbone queued connection lost"),
+        }
+    }
+    queued
+}
+
+/// Bound of [`accept_queued`] (a listen backlog is at most this on Linux by default).
+const ACCEPT_QUEUED_MAX: usize = 4096;
 
 async fn serve_connection<H: ConnectHandler>(
     tcp: TcpStream,
