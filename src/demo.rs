@@ -155,6 +155,7 @@ impl DemoMesh {
                 listen: SocketAddr::new(ip(net, 20), opts.hbone_port),
                 hbone_port: opts.hbone_port,
                 admin: Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0)),
+                mesh_config: None,
             },
             certs,
         )

@@ -40,6 +40,9 @@ pub struct ConnInfo {
     pub destination: SocketAddr,
     /// The outer TCP peer (the caller's node proxy).
     pub peer_addr: SocketAddr,
+    /// `peer_identity` as Istio writes principals (`<td>/ns/<ns>/sa/<sa>`), built once per stream for
+    /// authorization.
+    pub principal: String,
 }
 
 /// The connection info of a Pingora session that arrived over HBONE.
@@ -77,7 +80,14 @@ impl ConnectHandler for Inbound {
                 return;
             }
         };
+        let principal = format!(
+            "{}/ns/{}/sa/{}",
+            req.peer_identity.trust_domain,
+            req.peer_identity.namespace,
+            req.peer_identity.service_account
+        );
         let info = Arc::new(ConnInfo {
+            principal,
             peer_identity: req.peer_identity,
             destination: req.authority,
             peer_addr: req.peer_addr,

@@ -39,6 +39,15 @@ pub enum ProxyError {
     /// The downstream request was malformed.
     #[error("bad request")]
     BadRequest,
+    /// A JWT was present and did not verify (RequestAuthentication), as Envoy's `jwt_authn` words it.
+    #[error("Jwt verification fails")]
+    Unauthenticated,
+    /// Authorization denied the request (DENY matched, or no ALLOW matched), as Envoy's RBAC words it.
+    #[error("RBAC: access denied")]
+    Forbidden,
+    /// A CUSTOM external authorizer denied the request (its own response is written instead of this one).
+    #[error("denied by the external authorizer")]
+    ExtAuthzDenied,
     /// The downstream went away; nothing can be sent.
     #[error("downstream closed")]
     DownstreamGone,
@@ -51,6 +60,8 @@ impl ProxyError {
     pub fn status(&self) -> u16 {
         match self {
             ProxyError::NotServed | ProxyError::BadRequest => 400,
+            ProxyError::Unauthenticated => 401,
+            ProxyError::Forbidden | ProxyError::ExtAuthzDenied => 403,
             ProxyError::NoRoute => 404,
             ProxyError::NoBackend | ProxyError::InvalidBackend(_) | ProxyError::Internal => 500,
             ProxyError::NoHealthyUpstream(_)
@@ -73,6 +84,8 @@ impl ProxyError {
             ProxyError::ConnectionTermination => "UC",
             ProxyError::Timeout => "UT",
             ProxyError::BadRequest => "DPE",
+            ProxyError::Unauthenticated | ProxyError::Forbidden => "-",
+            ProxyError::ExtAuthzDenied => "UAEX",
             ProxyError::DownstreamGone => "DC",
             ProxyError::Internal => "-",
         }

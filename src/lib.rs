@@ -16,6 +16,7 @@ pub mod resilience;
 pub mod retry;
 pub mod route;
 pub mod routes;
+pub mod security;
 pub mod server;
 pub mod snapshot;
 pub mod telemetry;

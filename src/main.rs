@@ -109,6 +109,10 @@ struct RunArgs {
     /// Bind the HBONE listener with SO_REUSEPORT (a new instance can start on the address while this one drains).
     #[arg(long, env = "WP_REUSE_PORT", default_value_t = true, action = clap::ArgAction::Set)]
     reuse_port: bool,
+    /// The mesh config (Istio `MeshConfig` YAML, or the `istio` ConfigMap): the CUSTOM authorization providers
+    /// (`extensionProviders[].envoyExtAuthzGrpc`). Unset: a CUSTOM policy denies (fails closed).
+    #[arg(long, env = "WP_MESH_CONFIG")]
+    mesh_config: Option<PathBuf>,
     /// Log filter directives (`info`, `warn,waypoint::access=info`); changeable at runtime with
     /// `POST /logging?level=...` on the admin endpoint.
     #[arg(long, env = "WP_LOG_LEVEL", default_value = "info")]
@@ -203,6 +207,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         listen: args.listen,
         hbone_port: args.hbone_port,
         admin: args.admin.0,
+        mesh_config: args.mesh_config.clone(),
     };
     let ops = Ops {
         readiness: args.readiness.0,

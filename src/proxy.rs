@@ -15,6 +15,7 @@
 //!
 //! The config snapshot is loaded once per request into the context, so a request never mixes two generations.
 
+pub mod authorize;
 pub mod forward;
 pub mod headers;
 pub mod respond;
@@ -65,6 +66,9 @@ pub struct WaypointProxy {
     pub identity: Identity,
     pub stats: Arc<Stats>,
     pub mirrors: Arc<Mirrors>,
+    /// The CUSTOM authorization providers of the mesh config (`None`: none configured).
+    pub ext_authz: Option<Arc<authz::ext::Providers>>,
+    pub authz_stats: Arc<authorize::AuthzStats>,
 }
 
 /// Per-request state.
@@ -97,11 +101,13 @@ pub struct RequestCtx {
     set_cookie: Option<String>,
     /// How the previous try failed (decides whether the retry is charged to the budget).
     last_failure: Option<Failure>,
+    /// What authorization let through (header edits for the upstream request, the deciding policy).
+    authorized: Option<authorize::Authorized>,
 }
 
 impl WaypointProxy {
-    /// Stages identify, validate and route; `Err` is answered by the caller.
-    fn route(&self, session: &Session, ctx: &mut RequestCtx) -> Result<Chosen, ProxyError> {
+    /// Stages identify and validate; `Err` is answered by the caller.
+    fn identify(&self, session: &Session, ctx: &mut RequestCtx) -> Result<(), ProxyError> {
         ctx.conn = conn_info(session);
         let req = session.req_header();
         let raw = req
@@ -114,9 +120,59 @@ impl WaypointProxy {
                     .map(|h1| h1.get_headers_raw_bytes())
             })
             .flatten();
-        validate(req, raw.as_deref())?;
+        validate(req, raw.as_deref())
+    }
+
+    /// Stage "route", after authorization.
+    fn route(&self, session: &Session, ctx: &RequestCtx) -> Result<Chosen, ProxyError> {
         let conn = ctx.conn.as_deref().ok_or(ProxyError::Internal)?;
-        stages::decide(&ctx.snapshot, conn, req)
+        stages::decide(&ctx.snapshot, conn, session.req_header())
+    }
+
+    /// Stage "authorize" ([`authorize::authorize`]); `Ok(false)` when the request was refused and answered.
+    async fn authorize(&self, session: &mut Session, ctx: &mut RequestCtx) -> bool {
+        let Some(conn) = ctx.conn.clone() else {
+            return true;
+        };
+        let Some(sec) = ctx.snapshot.security(conn.destination).cloned() else {
+            return true; // not served: routing answers it
+        };
+        if sec.is_open() {
+            return true;
+        }
+        let providers = self.ext_authz.as_deref();
+        let verdict = authorize::authorize(
+            &sec,
+            &conn,
+            session.req_header(),
+            providers,
+            &self.authz_stats,
+        )
+        .await;
+        match verdict {
+            Ok(a) => {
+                ctx.authorized = Some(a);
+                true
+            }
+            Err(authorize::Refusal::Custom { provider, denied }) => {
+                tracing::debug!(target: "waypoint::authz", provider, status = denied.status.as_u16(),
+                    "denied by the external authorizer");
+                self.stats.local_reply();
+                respond::respond_custom(session, ctx, &denied).await;
+                false
+            }
+            Err(r) => {
+                if let authorize::Refusal::Denied { policy } = &r {
+                    ctx.authorized = Some(authorize::Authorized {
+                        policy: policy.clone(),
+                        ..Default::default()
+                    });
+                }
+                self.stats.local_reply();
+                respond::reject(session, ctx, &r.error()).await;
+                false
+            }
+        }
     }
 }
 
@@ -154,6 +210,7 @@ impl ProxyHttp for WaypointProxy {
             in_flight: None,
             set_cookie: None,
             last_failure: None,
+            authorized: None,
         }
     }
 
@@ -161,7 +218,18 @@ impl ProxyHttp for WaypointProxy {
         self.stats
             .requests
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let routed = self.route(session, ctx);
+        let routed = match self.identify(session, ctx) {
+            Ok(()) => {
+                if !self.authorize(session, ctx).await {
+                    if session.get_keepalive().is_some() {
+                        session.set_keepalive(Some(downstream_idle_secs(None)));
+                    }
+                    return Ok(true);
+                }
+                self.route(session, ctx)
+            }
+            Err(e) => Err(e),
+        };
         // Read before the next request of this connection (Pingora carries it over): its idle timeout. Not when
         // the connection ends after this request (the client asked, or a drain began: `Connection: close`).
         if session.get_keepalive().is_some() {
@@ -264,6 +332,11 @@ impl ProxyHttp for WaypointProxy {
         }
         if let Some(cookie) = ctx.set_cookie.take() {
             resp.append_header(http::header::SET_COOKIE, cookie)?;
+        }
+        if let Some(ext) = ctx.authorized.as_ref().and_then(|a| a.ext.as_ref()) {
+            for h in &ext.response_headers {
+                resp.append_header(h.name.clone(), h.value.clone())?;
+            }
         }
         Ok(())
     }

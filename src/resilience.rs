@@ -22,4 +22,6 @@ pub struct ResilienceState {
     pub breakers: breaker::Breakers,
     pub outliers: outlier::Outliers,
     pub load: balance::LoadCounters,
+    /// JWT authenticators by service, so a swap keeps loaded key sets (see [`crate::security`]).
+    pub authn: crate::security::AuthnCache,
 }

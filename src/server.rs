@@ -46,6 +46,9 @@ pub struct WaypointConfig {
     pub hbone_port: u16,
     /// The admin endpoint (loopback only), when wanted.
     pub admin: Option<SocketAddr>,
+    /// The mesh config file (Istio `MeshConfig`, or the `istio` ConfigMap): the CUSTOM authorization
+    /// providers (`extensionProviders[].envoyExtAuthzGrpc`).
+    pub mesh_config: Option<PathBuf>,
 }
 
 /// The operations side of a waypoint ([`Waypoint::start_with`]); the default serves no ops port and binds the
@@ -128,7 +131,6 @@ impl Waypoint {
         // Breakers, ejections and balancer load outlive snapshots: every compile attaches the same handles.
         let resilience = Arc::new(ResilienceState::default());
         let live = Arc::new(Live::new(compile_with_state(&mesh, &spec, &resilience)?));
-        drop(mesh);
         readiness.config_loaded();
         let watch_spec = spec.clone();
         let watch = watch_dir(
@@ -139,6 +141,11 @@ impl Waypoint {
             move |mesh| compile_with_state(mesh, &watch_spec, &resilience),
         );
 
+        let ext_authz = match &cfg.mesh_config {
+            Some(path) => Some(Arc::new(ext_providers(path, &mesh)?)),
+            None => None,
+        };
+        drop(mesh);
         let pool = Pool::new(PoolOptions::default());
         let relay =
             Relay::start(pool.clone(), certs.clone()).context("starting the HBONE relay")?;
@@ -150,6 +157,8 @@ impl Waypoint {
             identity: certs.identity(),
             stats: stats.clone(),
             mirrors: mirrors.clone(),
+            ext_authz,
+            authz_stats: Arc::new(Default::default()),
         };
         let state = Arc::new(AdminState {
             live: live.clone(),
@@ -316,4 +325,26 @@ fn spawn_server(
         mesh::ops::bind(addr, false).with_context(|| format!("binding {what} on {addr}"))?;
     let bound = listener.local_addr()?;
     Ok((bound, serve(listener)))
+}
+
+/// The CUSTOM providers of the mesh config at `path`. A provider's `service` is an IP, or a Service host name
+/// (`name.namespace.svc.cluster.local`) resolved to its first endpoint in the manifests (plain TCP: the
+/// authorizer is reached directly, as a sidecar-less local service would be).
+fn ext_providers(path: &std::path::Path, mesh: &Mesh) -> anyhow::Result<authz::ext::Providers> {
+    use authz::ext::{parse_mesh_config, Limits, Providers, ServiceRef};
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the mesh config {}", path.display()))?;
+    let config = parse_mesh_config(&text).with_context(|| format!("mesh config {}", path.display()))?;
+    let mut endpoints: std::collections::HashMap<(String, u16), SocketAddr> = Default::default();
+    for p in &config.providers {
+        let ServiceRef { host, .. } = &p.service;
+        if let Some(svc) = mesh.service_by_hostname(host) {
+            if let Some(ep) = mesh.endpoints(svc, p.port).first() {
+                endpoints.insert((host.clone(), p.port), ep.addr);
+            }
+        }
+    }
+    let resolve = move |s: &ServiceRef, port: u16| endpoints.get(&(s.host.clone(), port)).copied();
+    Providers::new(config, Arc::new(resolve), Limits::default())
+        .with_context(|| format!("mesh config {}", path.display()))
 }

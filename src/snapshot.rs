@@ -24,6 +24,7 @@ use crate::resilience::policy::TrafficPolicy;
 use crate::resilience::ResilienceState;
 use crate::routes::compile::{compile_tables_with_state, AppProtocol, RouteTable, RuleFilters};
 use crate::routes::status::RouteStatus;
+use crate::security::{self, ServiceSecurity};
 
 /// What this waypoint is: its Gateway and how endpoints are reached.
 #[derive(Clone, Debug)]
@@ -40,12 +41,20 @@ pub struct Snapshot {
     pub services: HashMap<SocketAddr, Arc<RouteTable>>,
     /// The status of every route for each parent, as this waypoint sees them (for the admin endpoint).
     pub statuses: Vec<RouteStatus>,
+    /// The security of each bound service, by VIP:port as `services` ([`crate::security`]).
+    pub security: HashMap<SocketAddr, Arc<ServiceSecurity>>,
+    /// Policies near this waypoint that it does not enforce, or not as written.
+    pub policy_diagnostics: Vec<authz::policy::Diagnostic>,
 }
 
 impl Snapshot {
     /// The service a CONNECT to `authority` is for, if this waypoint serves it.
     pub fn service(&self, authority: SocketAddr) -> Option<&Arc<RouteTable>> {
         self.services.get(&authority)
+    }
+    /// The security of the service at `authority` (`None`: not served).
+    pub fn security(&self, authority: SocketAddr) -> Option<&Arc<ServiceSecurity>> {
+        self.security.get(&authority)
     }
 }
 
@@ -222,9 +231,25 @@ pub fn compile_with_state_and_status(
     state: &ResilienceState,
 ) -> Result<(Snapshot, Vec<RouteStatus>), ConfigError> {
     let (services, statuses) = compile_tables_with_state(mesh, spec, state)?;
+    let mut names: Vec<&str> = services.values().map(|t| t.name.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    let compiled = security::compile(mesh, &spec.gateway, names, &state.authn)?;
+    let security = services
+        .iter()
+        .map(|(addr, t)| {
+            let sec = compiled.services.get(&t.name).cloned().unwrap_or_default();
+            (*addr, sec)
+        })
+        .collect();
+    for d in &compiled.diagnostics {
+        tracing::warn!(target: "waypoint::authz", "{d}");
+    }
     let snapshot = Snapshot {
         services,
         statuses: statuses.clone(),
+        security,
+        policy_diagnostics: compiled.diagnostics,
     };
     Ok((snapshot, statuses))
 }

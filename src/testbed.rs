@@ -58,6 +58,8 @@ pub struct TestbedOptions {
     /// Every echo closes idle keep-alive connections so (a Pod's `echo.waypoint.dev/idle-close-ms` annotation
     /// wins).
     pub echo_idle_close: Option<IdleClose>,
+    /// The waypoints' mesh config file (CUSTOM authorization providers).
+    pub mesh_config: Option<PathBuf>,
 }
 
 /// A running mesh (see the module doc). Dropping it stops the echo servers; [`Testbed::shutdown`] also drains.
@@ -216,6 +218,7 @@ impl Testbed {
                 listen,
                 hbone_port: rewrite.hbone_port,
                 admin: None,
+                mesh_config: opts.mesh_config.clone(),
             };
             let w = Waypoint::start(cfg, certs)
                 .await

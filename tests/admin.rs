@@ -51,6 +51,7 @@ async fn ops_waypoint(mesh: &waypoint::demo::DemoMesh, log: LogControl) -> Waypo
         listen: SocketAddr::new(mesh.ip(21), 0),
         hbone_port: mesh.opts.hbone_port,
         admin: Some(LOCAL_ANY),
+        mesh_config: None,
     };
     let ops = Ops {
         readiness: Some(LOCAL_ANY),

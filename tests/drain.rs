@@ -142,6 +142,7 @@ async fn rolling_restart_under_load_loses_no_request() {
         listen: a.addr(),
         hbone_port: mesh.opts.hbone_port,
         admin: None,
+        mesh_config: None,
     };
     let b = Waypoint::start_with(cfg, certs, Ops::default())
         .await

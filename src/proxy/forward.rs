@@ -156,8 +156,12 @@ pub(crate) async fn plan_try(
         peer.options.connection_timeout =
             Some(peer.options.connection_timeout.map_or(t, |c| c.min(t)));
         peer.options.total_connection_timeout = Some(t);
-        peer.options.read_timeout = Some(t);
-        peer.options.write_timeout = Some(t);
+        // An upgraded connection (websocket) is long-lived by design: the try's timeout bounds its
+        // connection set-up only, never the silences of the stream that follows.
+        if !session.is_upgrade_req() {
+            peer.options.read_timeout = Some(t);
+            peer.options.write_timeout = Some(t);
+        }
     }
     Ok(peer)
 }
@@ -193,6 +197,9 @@ pub(crate) fn rewrite_request(
     }
     if ctx.last_use_of_connection {
         req.insert_header(http::header::CONNECTION, "close")?;
+    }
+    if let Some(a) = &ctx.authorized {
+        super::authorize::apply_edits(a, req)?;
     }
     let Some(chosen) = &ctx.chosen else {
         return Ok(());

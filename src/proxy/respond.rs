@@ -42,13 +42,34 @@ pub async fn respond_error_flagged(session: &mut Session, err: &ProxyError, flag
     let Ok(mut resp) = ResponseHeader::build(status, Some(3)) else {
         return status;
     };
-    let _ = resp.insert_header("x-waypoint-error", flags);
+    if flags != "-" {
+        let _ = resp.insert_header("x-waypoint-error", flags);
+    }
+    if *err == ProxyError::Unauthenticated {
+        let _ = resp.insert_header("www-authenticate", authz::jwt::JwtError::WWW_AUTHENTICATE);
+    }
     let _ = resp.insert_header("content-type", "text/plain");
     let _ = resp.insert_header("content-length", body.len().to_string());
     if let Err(e) = session.write_error_response(resp, body).await {
         tracing::debug!("writing error response: {e}");
     }
     status
+}
+
+/// Answers an external authorizer's denial as it asked (status, headers, body), flagged `UAEX`.
+pub(crate) async fn respond_custom(session: &mut Session, ctx: &mut RequestCtx, d: &authz::ext::Denied) {
+    ctx.flags = Some("UAEX".to_string());
+    let Ok(mut resp) = ResponseHeader::build(d.status.as_u16(), Some(d.headers.len() + 2)) else {
+        return;
+    };
+    for (name, value) in &d.headers {
+        let _ = resp.append_header(name.clone(), value.clone());
+    }
+    let _ = resp.insert_header("content-length", d.body.len().to_string());
+    let body = Bytes::from(d.body.clone());
+    if let Err(e) = session.write_error_response(resp, body).await {
+        tracing::debug!("writing the authorizer's denial: {e}");
+    }
 }
 
 /// Answers `err` before any upstream was tried (route, admission): records its flag for the log line.
