@@ -3,9 +3,10 @@
 //!
 //! Kinds read: `Namespace`, `Service`, `Pod`, `EndpointSlice` (discovery.k8s.io/v1), `Gateway`, `HTTPRoute`
 //! (experimental channel types: a superset with `retry`), `GRPCRoute` (gateway.networking.k8s.io/v1) and
-//! `ReferenceGrant` (v1beta1 and v1), and Istio's `DestinationRule` (networking.istio.io v1, v1beta1, v1alpha3;
-//! the fields read and ignored are listed in [`destination`]). Other kinds are skipped with a warning (kept by
-//! kind, so later stages can add `AuthorizationPolicy` here). Routes are checked as the API server would (the CRDs'
+//! `ReferenceGrant` (v1beta1 and v1), Istio's `DestinationRule` (networking.istio.io v1, v1beta1, v1alpha3;
+//! the fields read and ignored are listed in [`destination`]), `AuthorizationPolicy` and
+//! `RequestAuthentication` (security.istio.io v1, v1beta1; see [`security`]). Other kinds are skipped with a
+//! warning (counted by kind). Routes are checked as the API server would (the CRDs'
 //! schema and CEL rules that matter here: negative weights, relative paths, a Service `backendRef` without
 //! `port`, ...); what is valid Kubernetes but not supported is left to the compiler, which reports it in the
 //! route's status instead of failing the load. Types come from `k8s-openapi` and
@@ -24,6 +25,7 @@ pub mod live;
 mod parse;
 mod resolve;
 mod routes;
+pub mod security;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -210,6 +212,12 @@ pub struct Mesh {
     pub reference_grants: Vec<Sourced<gateway::ReferenceGrant>>,
     /// Istio DestinationRules (v1, v1beta1, v1alpha3), validated, their host resolved to a Service.
     pub destination_rules: Vec<Sourced<DestinationRule>>,
+    /// Istio AuthorizationPolicies (`security.istio.io` v1, v1beta1), each compiled once at load (a bad one is
+    /// a [`ConfigError`]), with `istio.io/dry-run` read. Which ones a proxy enforces:
+    /// `authz::policy::PolicySet::for_waypoint` / `for_node`.
+    pub authorization_policies: Vec<authz::model::Named<authz::model::AuthorizationPolicySpec>>,
+    /// Istio RequestAuthentications (v1, v1beta1), checked as their CRD does.
+    pub request_authentications: Vec<authz::model::Named<authz::model::RequestAuthenticationSpec>>,
     /// Kinds not understood, counted (skipped with a warning). Keyed by `kind`, or by `kind apiVersion` when the
     /// kind is known but not in that API version (e.g. an Istio `Gateway`).
     pub skipped: BTreeMap<String, usize>,

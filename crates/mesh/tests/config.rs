@@ -403,8 +403,8 @@ fn duplicate_across_files_names_the_second() {
 #[test]
 fn unknown_kinds_are_skipped_and_counted() {
     let m = mesh(
-        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a}\n---\n# only a comment\n---\n\
-         apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: b}\n---\n\
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: a}\n---\n# only a comment\n---\n\
+         apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: b}\n---\n\
          apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g}\n---\n\
          apiVersion: v1\nkind: ConfigMap\n",
     );
@@ -412,9 +412,9 @@ fn unknown_kinds_are_skipped_and_counted() {
     assert_eq!(
         skipped,
         [
-            ("AuthorizationPolicy", 2),
             ("ConfigMap", 1),
-            ("Gateway networking.istio.io/v1", 1)
+            ("Gateway networking.istio.io/v1", 1),
+            ("PeerAuthentication", 2)
         ]
     );
     assert!(m.services.is_empty() && m.waypoints.is_empty());

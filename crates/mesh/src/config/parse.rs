@@ -18,6 +18,7 @@ use serde_yaml::Value;
 
 use super::destination::{self, DestinationRule};
 use super::gateway::{GrpcRoute, HttpRoute, ReferenceGrant};
+use super::security;
 use super::{
     routes, ConfigError, Namespace, RouteNamespaces, Service, ServicePort, Slice, SliceEndpoint,
     Sourced, TargetPort, Waypoint, Workload, SERVICE_NAME, WAYPOINT_CLASS, WAYPOINT_FOR,
@@ -41,6 +42,8 @@ pub(super) struct Parsed {
     pub grpc_routes: Vec<Sourced<GrpcRoute>>,
     pub reference_grants: Vec<Sourced<ReferenceGrant>>,
     pub destination_rules: Vec<Sourced<DestinationRule>>,
+    pub authorization_policies: Vec<authz::model::Named<authz::model::AuthorizationPolicySpec>>,
+    pub request_authentications: Vec<authz::model::Named<authz::model::RequestAuthenticationSpec>>,
     pub skipped: BTreeMap<String, usize>,
 }
 
@@ -101,6 +104,8 @@ enum Kind {
     GrpcRoute,
     ReferenceGrant,
     DestinationRule,
+    AuthorizationPolicy,
+    RequestAuthentication,
 }
 
 impl Kind {
@@ -108,6 +113,8 @@ impl Kind {
     fn of(api_version: &str, kind: &str) -> Option<Kind> {
         const GATEWAY_V1: &str = "gateway.networking.k8s.io/v1";
         const GATEWAY_V1BETA1: &str = "gateway.networking.k8s.io/v1beta1";
+        const SECURITY_V1: &str = "security.istio.io/v1";
+        const SECURITY_V1BETA1: &str = "security.istio.io/v1beta1";
         const ISTIO: [&str; 3] = [
             "networking.istio.io/v1",
             "networking.istio.io/v1beta1",
@@ -123,6 +130,10 @@ impl Kind {
             (GATEWAY_V1, "GRPCRoute") => Kind::GrpcRoute,
             (GATEWAY_V1 | GATEWAY_V1BETA1, "ReferenceGrant") => Kind::ReferenceGrant,
             (v, "DestinationRule") if ISTIO.contains(&v) => Kind::DestinationRule,
+            (SECURITY_V1 | SECURITY_V1BETA1, "AuthorizationPolicy") => Kind::AuthorizationPolicy,
+            (SECURITY_V1 | SECURITY_V1BETA1, "RequestAuthentication") => {
+                Kind::RequestAuthentication
+            }
             _ => return None,
         })
     }
@@ -138,6 +149,8 @@ impl Kind {
                 | "GRPCRoute"
                 | "ReferenceGrant"
                 | "DestinationRule"
+                | "AuthorizationPolicy"
+                | "RequestAuthentication"
         )
     }
     fn namespaced(self) -> bool {
@@ -328,6 +341,16 @@ impl Parser {
             Kind::DestinationRule => {
                 let rule = destination::destination_rule(&ctx, namespace, name, ctx.typed(value)?)?;
                 self.out.destination_rules.push(rule);
+                Ok(())
+            }
+            Kind::AuthorizationPolicy => {
+                let p = security::authorization_policy(&ctx, namespace, name, ctx.typed(value)?)?;
+                self.out.authorization_policies.push(p);
+                Ok(())
+            }
+            Kind::RequestAuthentication => {
+                let r = security::request_authentication(&ctx, namespace, name, ctx.typed(value)?)?;
+                self.out.request_authentications.push(r);
                 Ok(())
             }
         }

@@ -58,6 +58,8 @@ pub(super) fn build(parsed: Parsed, trust_domain: &str) -> Mesh {
         grpc_routes: parsed.grpc_routes,
         reference_grants: parsed.reference_grants,
         destination_rules: parsed.destination_rules,
+        authorization_policies: parsed.authorization_policies,
+        request_authentications: parsed.request_authentications,
         skipped: parsed.skipped,
         index: Index {
             slices: parsed.slices,
