@@ -57,6 +57,10 @@ pub use stats::{Stats, FLAGS, RETRY_CAUSES};
 /// A Service overrides it with the label `networking.waypoint.dev/idle-timeout` (see [`crate::routes`]).
 pub const DOWNSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
+/// How long an upgraded stream (websocket) may stay silent on the client side: Envoy's `stream_idle_timeout`
+/// default (5 min).
+pub const UPGRADED_STREAM_IDLE: Duration = Duration::from_secs(300);
+
 /// The waypoint's `ProxyHttp`.
 pub struct WaypointProxy {
     pub live: Arc<Live<Snapshot>>,
@@ -234,6 +238,11 @@ impl ProxyHttp for WaypointProxy {
         // the connection ends after this request (the client asked, or a drain began: `Connection: close`).
         if session.get_keepalive().is_some() {
             session.set_keepalive(Some(downstream_idle_secs(routed.as_ref().ok())));
+        }
+        if session.is_upgrade_req() {
+            // An upgraded stream (websocket) may stay silent far longer than Pingora's 60 s downstream read
+            // timeout: allow Envoy's stream idle timeout instead.
+            session.set_read_timeout(Some(UPGRADED_STREAM_IDLE));
         }
         let chosen = match routed {
             Ok(c) => c,

@@ -21,6 +21,7 @@
 //! | `x-echo-fail-mode: hang` | fail by never answering (the request is read; the answer waits [`HANG_LIMIT`]) |
 //! | `x-echo-grpc-status: N` | the `grpc-status` trailer of a gRPC answer (default 0) |
 //! | `x-echo-body-bytes: N` | answer N bytes of [`pattern`] (`application/octet-stream`, in 64 KiB chunks) instead of the JSON; the [`Echo`] is still recorded in [`EchoServer::seen`] |
+//! | `Connection: upgrade` + `Upgrade: websocket` (any token; HTTP/1.1) | answer `101 Switching Protocols` (same `Upgrade`, after any delay; a status or failure above wins and refuses it), then echo every byte of the raw upgraded stream back until the client closes; counted in [`EchoServer::upgrades`] |
 //!
 //! Per instance ([`EchoOptions`], set at start; [`EchoServer::set_fault`], any time):
 //!
@@ -33,35 +34,35 @@
 //!   request, close without answering, hang, answer a status, delay every answer. Header controls still apply
 //!   on top of `Fault::None` and `Fault::Delay`.
 //!
+//! Modules: `controls` (reading the headers above), `connection` (HTTP/1.1 or h2c, idle close, resets),
+//! `answer` (one request), `upgrade` (101 and the echoed stream), `body` ([`pattern`], gRPC framing).
+//!
 //! gRPC: a request whose `content-type` starts with `application/grpc` is answered `200`,
 //! `content-type: application/grpc`, with one length-prefixed message whose payload is the JSON, and the trailer
 //! `grpc-status` (normally over h2c, as gRPC is).
 
+mod answer;
+mod body;
+mod connection;
+mod controls;
+mod upgrade;
+
 use std::collections::{BTreeMap, HashMap};
-use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+pub use body::{grpc_frame, grpc_unframe, pattern};
+use connection::serve_connection;
 
 /// At most this many answers are kept per instance for [`EchoServer::seen`].
 const SEEN_CAP: usize = 10_000;
-const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// How long a hanging answer waits before the connection is dropped (so a test cannot leak it forever).
 pub const HANG_LIMIT: Duration = Duration::from_secs(60);
 
@@ -203,6 +204,8 @@ pub struct EchoStats {
     /// Requests being answered now, and the most seen at once.
     pub in_flight: AtomicU32,
     pub max_in_flight: AtomicU32,
+    /// Requests answered `101 Switching Protocols` (each then echoes its upgraded stream).
+    pub upgrades: AtomicU64,
     /// Attempts per request id seen by this instance.
     attempts: Attempts,
     seen: Mutex<Vec<Echo>>,
@@ -311,6 +314,10 @@ impl EchoServer {
     pub fn in_flight(&self) -> u32 {
         self.stats.in_flight.load(Ordering::Relaxed)
     }
+    /// Requests this instance answered `101 Switching Protocols`.
+    pub fn upgrades(&self) -> u64 {
+        self.stats.upgrades.load(Ordering::Relaxed)
+    }
     /// Starts counting [`EchoServer::max_in_flight`] afresh.
     pub fn reset_max_in_flight(&self) {
         self.stats.max_in_flight.store(
@@ -364,444 +371,4 @@ async fn accept_loop(listener: TcpListener, addr: SocketAddr, shared: Arc<Shared
             }
         }
     }
-}
-
-/// What one connection's idle-close watch needs: when it last moved a byte, and whether a request is open.
-#[derive(Default)]
-struct Activity {
-    /// Bumped on every read or write that moved bytes, and when an answer is ready.
-    epoch: AtomicU64,
-    in_flight: AtomicU32,
-}
-
-/// Serves one connection: HTTP/2 when it opens with the prior-knowledge preface, else HTTP/1.1 (closed when
-/// idle, when the instance has [`IdleClose`]). A [`Fault::Refuse`] resets it.
-async fn serve_connection(tcp: TcpStream, shared: Arc<Shared>) {
-    let h2 = starts_with_h2_preface(&tcp).await;
-    let reset = Arc::new(AtomicBool::new(false));
-    let activity = Arc::new(Activity::default());
-    let io = TokioIo::new(ResetOnDrop {
-        tcp,
-        reset: reset.clone(),
-        activity: activity.clone(),
-    });
-    let svc = {
-        let (shared, reset, activity) = (shared.clone(), reset.clone(), activity.clone());
-        service_fn(move |req| answer(req, shared.clone(), reset.clone(), activity.clone()))
-    };
-    let conn: Pin<Box<dyn std::future::Future<Output = ()> + Send>> = if h2 {
-        let c = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .serve_connection(io, svc);
-        Box::pin(async move {
-            let _ = c.await;
-        })
-    } else {
-        let c = hyper::server::conn::http1::Builder::new().serve_connection(io, svc);
-        Box::pin(async move {
-            let _ = c.await;
-        })
-    };
-    let idle = shared.options.idle_close.filter(|_| !h2);
-    let mut fault = shared.fault.clone();
-    tokio::select! {
-        () = conn => {}
-        () = refused(&mut fault) => reset.store(true, Ordering::Relaxed),
-        () = idle_closer(idle, &activity) => {
-            shared.stats.idle_closes.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-    // Dropping the connection closes the socket: a FIN, or a RST when `reset` is set (or bytes were unread).
-}
-
-/// Returns when the instance starts refusing.
-async fn refused(fault: &mut watch::Receiver<Fault>) {
-    loop {
-        if *fault.borrow_and_update() == Fault::Refuse {
-            return;
-        }
-        if fault.changed().await.is_err() {
-            return std::future::pending().await;
-        }
-    }
-}
-
-/// Returns when the connection has been idle (no byte moved, no request open) for a random time of `idle`;
-/// never without `idle`.
-async fn idle_closer(idle: Option<IdleClose>, activity: &Activity) {
-    let Some(idle) = idle else {
-        return std::future::pending().await;
-    };
-    let mut seen = activity.epoch.load(Ordering::Acquire);
-    let mut wait = idle.draw();
-    loop {
-        tokio::time::sleep(wait).await;
-        let now = activity.epoch.load(Ordering::Acquire);
-        if now == seen && activity.in_flight.load(Ordering::Acquire) == 0 {
-            return;
-        }
-        if now != seen {
-            // A new idle period: a new random length.
-            (seen, wait) = (now, idle.draw());
-        }
-    }
-}
-
-/// Peeks (without consuming) whether the client sent the HTTP/2 connection preface.
-async fn starts_with_h2_preface(tcp: &TcpStream) -> bool {
-    let mut buf = [0u8; 24];
-    for _ in 0..1000 {
-        let n = match tcp.peek(&mut buf).await {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => n,
-        };
-        if buf[..n] != H2_PREFACE[..n] {
-            return false;
-        }
-        if n == H2_PREFACE.len() {
-            return true;
-        }
-        // A partial preface: wait for the rest (peek returns at once while data is buffered).
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    false
-}
-
-/// The connection's socket; when `reset` is set, closing it sends a TCP RST (zero linger) instead of a FIN.
-struct ResetOnDrop {
-    tcp: TcpStream,
-    reset: Arc<AtomicBool>,
-    activity: Arc<Activity>,
-}
-
-impl Drop for ResetOnDrop {
-    fn drop(&mut self) {
-        if self.reset.load(Ordering::Relaxed) {
-            let _ = self.tcp.set_zero_linger();
-        }
-    }
-}
-
-impl AsyncRead for ResetOnDrop {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.tcp).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.epoch.fetch_add(1, Ordering::AcqRel);
-        }
-        r
-    }
-}
-
-impl AsyncWrite for ResetOnDrop {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.tcp).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.epoch.fetch_add(1, Ordering::AcqRel);
-        }
-        r
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_shutdown(cx)
-    }
-}
-
-type Body = BoxBody<Bytes, Infallible>;
-
-/// The controls of one request (see the module doc).
-#[derive(Default)]
-struct Controls {
-    status: Option<StatusCode>,
-    delay: Option<Duration>,
-    set_headers: Vec<(String, String)>,
-    fail_first: u64,
-    fail_mode: FailMode,
-    grpc_status: Option<String>,
-    body_bytes: Option<u64>,
-}
-
-/// How a failing attempt fails (`x-echo-fail-mode`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-enum FailMode {
-    /// Answer 503.
-    #[default]
-    Status,
-    Reset,
-    Close,
-    Hang,
-}
-
-impl Controls {
-    fn read(h: &HeaderMap, pod: &str) -> Controls {
-        let text = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(str::trim);
-        if text("x-echo-controls-for").is_some_and(|p| p != pod) {
-            return Controls::default();
-        }
-        let number = |n: &str| text(n).and_then(|v| v.parse::<u64>().ok());
-        Controls {
-            status: number("x-echo-status")
-                .and_then(|s| StatusCode::from_u16(u16::try_from(s).ok()?).ok()),
-            delay: number("x-echo-delay-ms").map(Duration::from_millis),
-            set_headers: h
-                .get_all("x-echo-set-header")
-                .iter()
-                .filter_map(|v| v.to_str().ok()?.split_once('='))
-                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-                .collect(),
-            fail_first: number("x-echo-fail-first").unwrap_or(0),
-            fail_mode: match text("x-echo-fail-mode") {
-                Some("reset") => FailMode::Reset,
-                Some("close") => FailMode::Close,
-                Some("hang") => FailMode::Hang,
-                _ => FailMode::Status,
-            },
-            grpc_status: text("x-echo-grpc-status").map(str::to_string),
-            body_bytes: number("x-echo-body-bytes"),
-        }
-    }
-}
-
-/// Counts a request in flight (instance and connection) until dropped.
-struct InFlight {
-    stats: Arc<EchoStats>,
-    activity: Arc<Activity>,
-}
-
-impl InFlight {
-    fn new(stats: Arc<EchoStats>, activity: Arc<Activity>) -> InFlight {
-        let now = stats.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
-        stats.max_in_flight.fetch_max(now, Ordering::AcqRel);
-        activity.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight { stats, activity }
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.stats.in_flight.fetch_sub(1, Ordering::AcqRel);
-        // The answer is about to be written: a new idle period starts no earlier than now.
-        self.activity.epoch.fetch_add(1, Ordering::AcqRel);
-        self.activity.in_flight.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-async fn answer(
-    req: Request<Incoming>,
-    shared: Arc<Shared>,
-    reset: Arc<AtomicBool>,
-    activity: Arc<Activity>,
-) -> io::Result<Response<Body>> {
-    let _in_flight = InFlight::new(shared.stats.clone(), activity);
-    let (parts, body) = req.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    let id = &shared.identity;
-    let controls = Controls::read(&parts.headers, &id.pod);
-    let request_id = parts
-        .headers
-        .get("x-echo-request-id")
-        .and_then(|v| v.to_str().ok());
-    let attempt = request_id.map_or(0, |r| {
-        shared.stats.attempts.next(r);
-        shared.attempts.next(r)
-    });
-    let echo = describe(&parts, &body, id, attempt);
-    shared.stats.requests.fetch_add(1, Ordering::Relaxed);
-    {
-        let mut seen = shared.stats.seen.lock().expect("seen lock");
-        if seen.len() < SEEN_CAP {
-            seen.push(echo.clone());
-        }
-    }
-    let fault = *shared.fault.borrow();
-    let failing = request_id.is_some() && attempt <= controls.fail_first;
-    let mode = match fault {
-        Fault::Reset => Some(FailMode::Reset),
-        Fault::Close | Fault::Refuse => Some(FailMode::Close),
-        Fault::Hang => Some(FailMode::Hang),
-        _ if failing => Some(controls.fail_mode),
-        _ => None,
-    };
-    let delay = match fault {
-        Fault::Delay(d) => Some(d + controls.delay.unwrap_or_default()),
-        _ => controls.delay,
-    };
-    if let Some(d) = delay {
-        tokio::time::sleep(d).await;
-    }
-    let json = Bytes::from(serde_json::to_vec(&echo).expect("an Echo serializes"));
-    match mode {
-        Some(FailMode::Reset) => {
-            reset.store(true, Ordering::Relaxed);
-            return Err(io::Error::new(
-                io::ErrorKind::ConnectionReset,
-                "x-echo-fail-mode: reset",
-            ));
-        }
-        Some(FailMode::Close) => {
-            return Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "x-echo-fail-mode: close",
-            ));
-        }
-        Some(FailMode::Hang) => {
-            tokio::time::sleep(HANG_LIMIT).await;
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "x-echo-fail-mode: hang",
-            ));
-        }
-        Some(FailMode::Status) | None => {}
-    }
-    let status = match fault {
-        Fault::Status(s) => StatusCode::from_u16(s).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
-        _ if failing => StatusCode::SERVICE_UNAVAILABLE,
-        _ => controls.status.unwrap_or(StatusCode::OK),
-    };
-    let grpc = parts
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|c| c.starts_with("application/grpc"));
-    let mut resp = Response::builder()
-        .status(status)
-        .header("x-echo-pod", id.pod.as_str());
-    for (k, v) in &controls.set_headers {
-        resp = resp.header(k.as_str(), v.as_str());
-    }
-    let resp = if let Some(n) = controls.body_bytes {
-        resp.header("content-type", "application/octet-stream")
-            .body(pattern_body(n))
-    } else if grpc {
-        let mut trailers = HeaderMap::new();
-        let code = controls.grpc_status.as_deref().unwrap_or("0");
-        let code = HeaderValue::from_str(code).unwrap_or(HeaderValue::from_static("2"));
-        trailers.insert("grpc-status", code);
-        let body = Full::new(grpc_frame(&json))
-            .with_trailers(async move { Some(Ok(trailers)) })
-            .boxed();
-        resp.header("content-type", "application/grpc").body(body)
-    } else {
-        resp.header("content-type", "application/json")
-            .body(Full::new(json).boxed())
-    };
-    Ok(resp.unwrap_or_else(|e| {
-        let mut r = Response::new(Full::new(Bytes::from(e.to_string())).boxed());
-        *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-        r
-    }))
-}
-
-fn describe(parts: &http::request::Parts, body: &Bytes, id: &EchoIdentity, attempt: u64) -> Echo {
-    let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (k, v) in &parts.headers {
-        headers
-            .entry(k.as_str().to_string())
-            .or_default()
-            .push(String::from_utf8_lossy(v.as_bytes()).into_owned());
-    }
-    let host = match parts.version {
-        Version::HTTP_2 => parts.uri.authority().map(|a| a.to_string()),
-        _ => None,
-    }
-    .or_else(|| headers.get("host").and_then(|v| v.first().cloned()))
-    .unwrap_or_default();
-    let protocol = match parts.version {
-        Version::HTTP_2 => "HTTP/2",
-        Version::HTTP_10 => "HTTP/1.0",
-        Version::HTTP_3 => "HTTP/3",
-        _ => "HTTP/1.1",
-    };
-    Echo {
-        method: parts.method.to_string(),
-        path: parts
-            .uri
-            .path_and_query()
-            .map_or_else(|| parts.uri.path().to_string(), |p| p.to_string()),
-        host,
-        headers,
-        protocol: protocol.to_string(),
-        body: String::from_utf8_lossy(body).into_owned(),
-        service: id.service.clone(),
-        namespace: id.namespace.clone(),
-        pod: id.pod.clone(),
-        port: id.port,
-        attempt,
-        received_at: Some(Instant::now()),
-    }
-}
-
-/// The bytes `x-echo-body-bytes` answers: byte `i` is `i % 251` (a prime, so 64 KiB chunks do not repeat at
-/// chunk boundaries and a dropped, duplicated or shifted chunk changes the content).
-pub fn pattern(len: usize) -> Bytes {
-    (0..len)
-        .map(|i| (i % 251) as u8)
-        .collect::<Vec<u8>>()
-        .into()
-}
-
-/// [`pattern`]`(n)` as a body of 64 KiB frames (streamed, not one buffer).
-fn pattern_body(n: u64) -> Body {
-    PatternBody { next: 0, len: n }.boxed()
-}
-
-/// The frames of [`pattern_body`].
-struct PatternBody {
-    next: u64,
-    len: u64,
-}
-
-impl hyper::body::Body for PatternBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
-        const CHUNK: u64 = 64 * 1024;
-        if self.next >= self.len {
-            return Poll::Ready(None);
-        }
-        let (start, end) = (self.next, (self.next + CHUNK).min(self.len));
-        self.next = end;
-        let chunk: Vec<u8> = (start..end).map(|i| (i % 251) as u8).collect();
-        Poll::Ready(Some(Ok(hyper::body::Frame::data(chunk.into()))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.next >= self.len
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        hyper::body::SizeHint::with_exact(self.len - self.next)
-    }
-}
-
-/// One gRPC length-prefixed message (uncompressed).
-pub fn grpc_frame(message: &[u8]) -> Bytes {
-    let mut b = BytesMut::with_capacity(5 + message.len());
-    b.put_u8(0);
-    b.put_u32(u32::try_from(message.len()).expect("a gRPC message under 4 GiB"));
-    b.put_slice(message);
-    b.freeze()
-}
-
-/// The payload of the first gRPC message in `body`, when it holds a whole one.
-pub fn grpc_unframe(body: &[u8]) -> Option<&[u8]> {
-    let len = u32::from_be_bytes(body.get(1..5)?.try_into().ok()?) as usize;
-    body.get(5..5 + len)
 }
