@@ -1,16 +1,31 @@
-//! Criterion benchmarks of the request path's pure functions: route match, weighted pick, snapshot compile,
-//! route-table lookup as rules grow, and the HTTPRoute filters.
+//! Criterion benchmarks of the request path's pure functions: route match, weighted pick and endpoint balancing,
+//! the HTTPRoute filters, and snapshot parse and compile as the mesh grows.
 //!
 //! `cargo bench --bench hot_path` (save a baseline with `-- --save-baseline before`, compare with
-//! `-- --baseline before`; `-- route/` runs only the routing ones, `-- filters/` the filters).
+//! `-- --baseline before`; `-- route/` runs only the routing ones, `-- filters/` the filters, and so on).
+//! Before the benches it prints `allocations per call: <function> <n>` for each hot function (a counting global
+//! allocator, `hot_path/alloc.rs`), and the `snapshot/*` benches print each mesh's and snapshot's heap bytes.
 //!
+//! - `route/match_and_pick`: [`route::route`] on the demo mesh's `reviews` (90/10 split).
 //! - `route/match_{10,1000,10000}/{hit,miss}`: [`MatchTable::find`] over that many rules (a third exact paths,
 //!   a third prefixes, a third prefixes with a header match); `hit` is a request for one of the last rules
 //!   built (a header-matched prefix), `miss` a request no rule takes.
+//! - `forward/{peer_hbone,xfcc}`: what the proxy builds per try (`upstream::peer`, the Pingora peer of an HBONE
+//!   endpoint) and per request (`proxy::xfcc`).
+//! - `balance/*`: the route's weighted backend pick and each endpoint load balancer (`hot_path/balance.rs`).
 //! - `filters/header_modifier_apply`: a `RequestHeaderModifier` (2 set, 2 add, 1 remove) on a request's
 //!   headers (the per-iteration copy of the headers is made outside the measurement).
 //! - `filters/redirect_location`: a `RequestRedirect` `Location` (scheme, prefix path, query kept).
 //! - `filters/rewrite_apply_path`: a `URLRewrite` `ReplacePrefixMatch` with a query.
+//! - `snapshot/{parse,compile}_{100,1000,10000}_services`: `Mesh::from_documents` and `snapshot::compile` of a
+//!   mesh of that many services, 100 of them bound to the waypoint (`hot_path/scale.rs`).
+
+#[path = "hot_path/alloc.rs"]
+mod alloc;
+#[path = "hot_path/balance.rs"]
+mod balance;
+#[path = "hot_path/scale.rs"]
+mod scale;
 
 use std::cell::OnceCell;
 use std::hint::black_box;
@@ -21,6 +36,7 @@ use criterion::{
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use mesh::config::{GatewayRef, Mesh};
+use mesh::identity::Identity;
 use waypoint::route;
 use waypoint::routes::matching::{
     HeaderMatch, MatchTable, Origin, PathMatch, RequestView, RouteMatch, StringMatch,
@@ -28,21 +44,12 @@ use waypoint::routes::matching::{
 use waypoint::snapshot::{compile, WaypointSpec};
 use waypoint_filters::{HeaderModifier, PathModifier, Redirect, RequestParts, UrlRewrite};
 
-fn demo_mesh(extra_services: usize) -> Mesh {
-    let mut text = waypoint::demo::DEMO_MANIFESTS.to_string();
-    for i in 0..extra_services {
-        text.push_str(&format!(
-            "\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: svc-{i}, namespace: default}}\n\
-             spec: {{clusterIP: 10.{}.{}.{}, ports: [{{port: 80, targetPort: 8080}}]}}\n",
-            i / 65536 % 256,
-            i / 256 % 256,
-            i % 256
-        ));
-    }
+fn demo_mesh() -> Mesh {
+    let text = waypoint::demo::DEMO_MANIFESTS.to_string();
     Mesh::from_documents(&[("mesh.yaml".into(), text)], "cluster.local").expect("valid manifests")
 }
 
-fn spec() -> WaypointSpec {
+fn demo_spec() -> WaypointSpec {
     WaypointSpec {
         gateway: GatewayRef {
             namespace: "default".into(),
@@ -53,12 +60,12 @@ fn spec() -> WaypointSpec {
 }
 
 fn bench(c: &mut Criterion) {
-    let snap = compile(&demo_mesh(0), &spec()).unwrap();
+    let snap = compile(&demo_mesh(), &demo_spec()).unwrap();
     let svc = snap.services.values().next().unwrap().clone();
     let mut g = c.benchmark_group("route");
     g.throughput(Throughput::Elements(1));
     let (get, headers) = (Method::GET, request_headers("tenant-1"));
-    g.bench_function("route/match_and_pick", |b| {
+    g.bench_function("match_and_pick", |b| {
         let mut draw = 0u32;
         b.iter(|| {
             draw = draw.wrapping_add(7);
@@ -69,14 +76,74 @@ fn bench(c: &mut Criterion) {
     route_match(&mut g);
     g.finish();
 
-    let mut g = c.benchmark_group("snapshot");
-    for n in [100usize, 1000] {
-        let mesh = demo_mesh(n);
-        g.bench_function(format!("snapshot/compile_{n}_mesh_services"), |b| {
-            b.iter(|| black_box(compile(&mesh, &spec()).unwrap()))
-        });
-    }
+    // What the proxy builds per try and per request besides the pure decisions.
+    let mut g = c.benchmark_group("forward");
+    g.throughput(Throughput::Elements(1));
+    let up = balance::backend(1, Default::default()).endpoints[0].clone();
+    let relay = std::path::Path::new("/run/waypoint/relay.sock");
+    g.bench_function("peer_hbone", |b| {
+        b.iter(|| black_box(waypoint::upstream::peer(black_box(&up), relay, None)))
+    });
+    let (by, caller) = (
+        Identity::new("cluster.local", "default", "waypoint"),
+        Identity::new("cluster.local", "default", "productpage"),
+    );
+    g.bench_function("xfcc", |b| {
+        b.iter(|| black_box(waypoint::proxy::xfcc(black_box(&by), &caller)))
+    });
     g.finish();
+}
+
+/// Prints the allocations per call of each hot function (before any bench runs).
+fn allocations(_: &mut Criterion) {
+    let snap = compile(&demo_mesh(), &demo_spec()).unwrap();
+    let svc = snap.services.values().next().unwrap().clone();
+    let (get, headers) = (Method::GET, request_headers("tenant-1"));
+    let mut draw = 0u32;
+    let t = Table::new(1_000);
+    let f = Filters::new();
+    alloc::report("route/match_and_pick", || {
+        draw = draw.wrapping_add(7);
+        let view = RequestView::new(&get, "/reviews/1?x=y", &headers);
+        black_box(route::route(&svc, "default", &view, draw).unwrap().rule);
+    });
+    alloc::report("route/match_1000/hit", || {
+        black_box(t.find(&t.hit));
+    });
+    alloc::report("route/match_1000/miss", || {
+        black_box(t.find(&t.miss));
+    });
+    balance::allocations();
+    // The header modifier is measured on a copy of the headers; the copy's own allocations are subtracted.
+    let copy = alloc::per_call(1000, || drop(black_box(f.headers.clone())));
+    let apply = alloc::per_call(1000, || {
+        let mut h = f.headers.clone();
+        f.modifier.apply(&mut h);
+        black_box(h);
+    });
+    println!(
+        "allocations per call: filters/header_modifier_apply {:.2}",
+        apply - copy
+    );
+    // Per try and per request in the proxy: the Pingora peer of an HBONE endpoint, the XFCC value.
+    let up = balance::backend(1, Default::default()).endpoints[0].clone();
+    let relay = std::path::Path::new("/run/waypoint/relay.sock");
+    let (by, caller) = (
+        Identity::new("cluster.local", "default", "waypoint"),
+        Identity::new("cluster.local", "default", "productpage"),
+    );
+    alloc::report("forward/peer_hbone", || {
+        black_box(waypoint::upstream::peer(&up, relay, None));
+    });
+    alloc::report("forward/xfcc", || {
+        black_box(waypoint::proxy::xfcc(&by, &caller));
+    });
+    alloc::report("filters/redirect_location", || {
+        black_box(f.redirect.location(&f.parts, Some("/v1")));
+    });
+    alloc::report("filters/rewrite_apply_path", || {
+        black_box(f.rewrite.apply_path("/api/reviews/1?lang=en", Some("/api")));
+    });
 }
 
 /// Rule `i` of a table of many: an exact path, a prefix, or a prefix with a header match, in turn; each from
@@ -175,57 +242,88 @@ fn route_match(g: &mut BenchmarkGroup<'_, WallTime>) {
     }
 }
 
+/// The filters benched, compiled once, and the request they apply to.
+struct Filters {
+    modifier: HeaderModifier,
+    headers: HeaderMap,
+    redirect: Redirect,
+    parts: RequestParts<'static>,
+    rewrite: UrlRewrite,
+}
+
+impl Filters {
+    fn new() -> Filters {
+        let strings = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect()
+        };
+        let modifier = HeaderModifier::compile(
+            &strings(&[("x-env", "canary"), ("x-tenant", "rewritten")]),
+            &strings(&[("x-trace", "1"), ("accept", "application/json")]),
+            &["x-debug".to_string()],
+        )
+        .unwrap();
+        let mut headers = request_headers("tenant-1");
+        headers.insert("x-debug", HeaderValue::from_static("true"));
+        let redirect = Redirect::new(
+            Some("https".into()),
+            None,
+            None,
+            Some(PathModifier::Prefix("/v2".into())),
+            Some(301),
+        )
+        .unwrap();
+        let parts = RequestParts {
+            scheme: "http",
+            host: "reviews.default.svc.cluster.local",
+            port: Some(9080),
+            path: "/v1/reviews/1",
+            query: Some("lang=en"),
+        };
+        let rewrite = UrlRewrite::new(None, Some(PathModifier::Prefix("/".into()))).unwrap();
+        Filters {
+            modifier,
+            headers,
+            redirect,
+            parts,
+            rewrite,
+        }
+    }
+}
+
 fn filters(c: &mut Criterion) {
     let mut g = c.benchmark_group("filters");
     g.throughput(Throughput::Elements(1));
-
-    let strings = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
-            .collect()
-    };
-    let modifier = HeaderModifier::compile(
-        &strings(&[("x-env", "canary"), ("x-tenant", "rewritten")]),
-        &strings(&[("x-trace", "1"), ("accept", "application/json")]),
-        &["x-debug".to_string()],
-    )
-    .unwrap();
-    let mut headers = request_headers("tenant-1");
-    headers.insert("x-debug", HeaderValue::from_static("true"));
+    let f = Filters::new();
     g.bench_function("header_modifier_apply", |b| {
         b.iter_batched_ref(
-            || headers.clone(),
-            |h| modifier.apply(black_box(h)),
+            || f.headers.clone(),
+            |h| f.modifier.apply(black_box(h)),
             BatchSize::SmallInput,
         )
     });
-
-    let redirect = Redirect::new(
-        Some("https".into()),
-        None,
-        None,
-        Some(PathModifier::Prefix("/v2".into())),
-        Some(301),
-    )
-    .unwrap();
-    let parts = RequestParts {
-        scheme: "http",
-        host: "reviews.default.svc.cluster.local",
-        port: Some(9080),
-        path: "/v1/reviews/1",
-        query: Some("lang=en"),
-    };
     g.bench_function("redirect_location", |b| {
-        b.iter(|| black_box(redirect.location(black_box(&parts), Some("/v1"))))
+        b.iter(|| black_box(f.redirect.location(black_box(&f.parts), Some("/v1"))))
     });
-
-    let rewrite = UrlRewrite::new(None, Some(PathModifier::Prefix("/".into()))).unwrap();
     g.bench_function("rewrite_apply_path", |b| {
-        b.iter(|| black_box(rewrite.apply_path(black_box("/api/reviews/1?lang=en"), Some("/api"))))
+        b.iter(|| {
+            black_box(
+                f.rewrite
+                    .apply_path(black_box("/api/reviews/1?lang=en"), Some("/api")),
+            )
+        })
     });
     g.finish();
 }
 
-criterion_group!(benches, bench, filters);
+criterion_group!(
+    benches,
+    allocations,
+    bench,
+    balance::bench,
+    filters,
+    scale::bench
+);
 criterion_main!(benches);
