@@ -9,10 +9,13 @@
 //! - `GET /logging`, `POST /logging?level=debug` or `?level=waypoint::access=info`: the log filter
 //!   (`mesh::ops::logging`).
 //! - `GET /healthz/ready`: what the readiness port answers.
+//! - `GET /explain?to=host:port&from=ns/sa&method=..&path=..&h=name:value`: what the waypoint would do with
+//!   that request, against the live snapshot ([`explain`]; `format=text` for text).
 //!
 //! [`metrics`] is what port 15020 serves.
 
 pub mod dump;
+pub mod explain;
 pub mod health_stats;
 
 use std::net::SocketAddr;
@@ -43,6 +46,8 @@ pub struct AdminState {
     pub readiness: Readiness,
     /// The process's log filter (`None`: `/logging` answers 501).
     pub log: Option<LogControl>,
+    /// The Istio metrics (rendered before the proxy health counters).
+    pub telemetry: Option<Arc<crate::telemetry::Telemetry>>,
 }
 
 /// What port 15020 (`/stats/prometheus`, `/metrics`) serves: the one place to switch its source.
@@ -50,7 +55,12 @@ pub struct AdminState {
 /// Today: the proxy health counters of [`prometheus`]. Once `crate::telemetry::Telemetry` exists, render it
 /// here first (`telemetry.render(out)`) and keep the health counters after it.
 pub fn metrics(state: Arc<AdminState>) -> ops::Render {
-    Arc::new(move |out: &mut String| out.push_str(&prometheus(&state)))
+    Arc::new(move |out: &mut String| {
+        if let Some(t) = &state.telemetry {
+            t.render(out);
+        }
+        out.push_str(&prometheus(&state))
+    })
 }
 
 fn route_statuses(state: &AdminState) -> String {
@@ -62,9 +72,15 @@ fn answer(state: &AdminState, req: &OpsRequest) -> Response<Full<Bytes>> {
     match req.path.as_str() {
         "/config_dump" => ops::respond(StatusCode::OK, JSON, config_dump(&state.live)),
         "/routes" => ops::respond(StatusCode::OK, JSON, route_statuses(state)),
+        "/explain" => explain::answer(&state.live, req),
         "/healthz/ready" => state.readiness.answer(),
         "/stats" | "/stats/prometheus" => {
-            ops::respond(StatusCode::OK, ops::PROMETHEUS_TEXT, prometheus(state))
+            let mut out = String::new();
+            if let Some(t) = &state.telemetry {
+                t.render(&mut out);
+            }
+            out.push_str(&prometheus(state));
+            ops::respond(StatusCode::OK, ops::PROMETHEUS_TEXT, out)
         }
         "/logging" => match &state.log {
             Some(log) => log.answer(req),
@@ -75,7 +91,7 @@ fn answer(state: &AdminState, req: &OpsRequest) -> Response<Full<Bytes>> {
         },
         _ => ops::text(
             StatusCode::NOT_FOUND,
-            "try /config_dump, /routes, /stats, /logging, /healthz/ready\n".into(),
+            "try /config_dump, /routes, /explain, /stats, /logging, /healthz/ready\n".into(),
         ),
     }
 }

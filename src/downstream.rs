@@ -43,6 +43,26 @@ pub struct ConnInfo {
     /// `peer_identity` as Istio writes principals (`<td>/ns/<ns>/sa/<sa>`), built once per stream for
     /// authorization.
     pub principal: String,
+    /// The caller's telemetry labels, interned on the connection's first request.
+    pub telemetry_source: std::sync::OnceLock<crate::telemetry::Source>,
+    /// The `x-forwarded-client-cert` value naming the caller, built on the connection's first request
+    /// ([`ConnInfo::xfcc`]).
+    pub xfcc: std::sync::OnceLock<http::HeaderValue>,
+}
+
+impl ConnInfo {
+    /// The `x-forwarded-client-cert` value for this connection's requests forwarded by `by`
+    /// ([`crate::proxy::xfcc`]): formatted once per connection (`by` is the proxy's own, fixed identity), then
+    /// a reference-counted copy per request.
+    pub fn xfcc(&self, by: &Identity) -> http::HeaderValue {
+        self.xfcc
+            .get_or_init(|| {
+                let value = crate::proxy::xfcc(by, &self.peer_identity);
+                http::HeaderValue::from_maybe_shared(bytes::Bytes::from(value))
+                    .expect("identities are valid header values")
+            })
+            .clone()
+    }
 }
 
 /// The connection info of a Pingora session that arrived over HBONE.
@@ -88,6 +108,8 @@ impl ConnectHandler for Inbound {
         );
         let info = Arc::new(ConnInfo {
             principal,
+            telemetry_source: std::sync::OnceLock::new(),
+            xfcc: std::sync::OnceLock::new(),
             peer_identity: req.peer_identity,
             destination: req.authority,
             peer_addr: req.peer_addr,

@@ -18,6 +18,7 @@
 pub mod authorize;
 pub mod forward;
 pub mod headers;
+pub mod observe;
 pub mod respond;
 pub(crate) mod stages;
 pub mod stats;
@@ -73,6 +74,8 @@ pub struct WaypointProxy {
     /// The CUSTOM authorization providers of the mesh config (`None`: none configured).
     pub ext_authz: Option<Arc<authz::ext::Providers>>,
     pub authz_stats: Arc<authorize::AuthzStats>,
+    /// Istio metrics, access log and tracing (`None`: off).
+    pub observer: Option<Arc<observe::Observer>>,
 }
 
 /// Per-request state.
@@ -107,6 +110,10 @@ pub struct RequestCtx {
     last_failure: Option<Failure>,
     /// What authorization let through (header edits for the upstream request, the deciding policy).
     authorized: Option<authorize::Authorized>,
+    /// When the request arrived (wall clock for the log, monotonic for the duration).
+    started: Option<(std::time::SystemTime, std::time::Instant)>,
+    /// The request's trace span, when tracing is on.
+    span: Option<crate::telemetry::RequestSpan>,
 }
 
 impl WaypointProxy {
@@ -215,6 +222,8 @@ impl ProxyHttp for WaypointProxy {
             set_cookie: None,
             last_failure: None,
             authorized: None,
+            started: None,
+            span: None,
         }
     }
 
@@ -222,6 +231,16 @@ impl ProxyHttp for WaypointProxy {
         self.stats
             .requests
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ctx.started = Some((std::time::SystemTime::now(), std::time::Instant::now()));
+        if let Some(tracer) = self.observer.as_ref().and_then(|o| o.tracer.as_ref()) {
+            let (host, port) = headers::host_and_port(session.req_header());
+            ctx.span = Some(tracer.start(
+                &session.req_header().headers,
+                host,
+                port.unwrap_or(80),
+                std::time::SystemTime::now(),
+            ));
+        }
         let routed = match self.identify(session, ctx) {
             Ok(()) => {
                 if !self.authorize(session, ctx).await {
@@ -313,7 +332,11 @@ impl ProxyHttp for WaypointProxy {
         req: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        forward::rewrite_request(self, session, req, ctx)
+        forward::rewrite_request(self, session, req, ctx)?;
+        if let Some(span) = &ctx.span {
+            span.inject(req);
+        }
+        Ok(())
     }
 
     async fn upstream_response_filter(
@@ -376,6 +399,9 @@ impl ProxyHttp for WaypointProxy {
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         if let Some(flags) = &ctx.flags {
             self.stats.count_flags(flags);
+        }
+        if let Some(o) = &self.observer {
+            observe::record(&o.telemetry, &o.unknown, session, ctx);
         }
         if !tracing::enabled!(target: "waypoint::access", tracing::Level::INFO) {
             return;

@@ -24,4 +24,6 @@ pub struct ResilienceState {
     pub load: balance::LoadCounters,
     /// JWT authenticators by service, so a swap keeps loaded key sets (see [`crate::security`]).
     pub authn: crate::security::AuthnCache,
+    /// Where each snapshot interns its destinations' telemetry labels (`None`: no telemetry).
+    pub telemetry: Option<std::sync::Arc<crate::telemetry::Telemetry>>,
 }

@@ -22,7 +22,9 @@ use crate::resilience::breaker::ServiceBreaker;
 use crate::resilience::outlier::{EndpointHealth, ServiceHealth};
 use crate::resilience::policy::TrafficPolicy;
 use crate::resilience::ResilienceState;
-use crate::routes::compile::{compile_tables_with_state, AppProtocol, RouteTable, RuleFilters};
+use crate::routes::compile::{
+    compile_tables_with_state, AppProtocol, RouteTable, RuleFilters, Scope,
+};
 use crate::routes::status::RouteStatus;
 use crate::security::{self, ServiceSecurity};
 
@@ -39,12 +41,16 @@ pub struct WaypointSpec {
 pub struct Snapshot {
     /// Bound services by VIP:port (the CONNECT `:authority` a ztunnel sends).
     pub services: HashMap<SocketAddr, Arc<RouteTable>>,
-    /// The status of every route for each parent, as this waypoint sees them (for the admin endpoint).
+    /// The status of each route with a parent this waypoint serves (a Service bound to it, or its Gateway), for
+    /// each of the route's parents, as this waypoint sees them (the admin endpoint, status write-back). Routes
+    /// of other waypoints are left out: [`crate::routes::status::statuses`] judges the whole mesh.
     pub statuses: Vec<RouteStatus>,
     /// The security of each bound service, by VIP:port as `services` ([`crate::security`]).
     pub security: HashMap<SocketAddr, Arc<ServiceSecurity>>,
     /// Policies near this waypoint that it does not enforce, or not as written.
     pub policy_diagnostics: Vec<authz::policy::Diagnostic>,
+    /// The destinations' telemetry labels, interned (empty without telemetry).
+    pub destinations: crate::proxy::observe::Destinations,
 }
 
 impl Snapshot {
@@ -167,6 +173,8 @@ pub struct Upstream {
     pub health: Arc<EndpointHealth>,
     /// Its requests in flight (`LEAST_REQUEST`), kept across snapshots.
     pub load: Arc<EndpointLoad>,
+    /// Its relayed Pingora peer, built on first use and copied per try ([`crate::upstream::peer`]).
+    pub peer: Arc<crate::upstream::PeerTemplate>,
 }
 
 impl Upstream {
@@ -177,6 +185,7 @@ impl Upstream {
             hbone,
             health: Arc::default(),
             load: Arc::default(),
+            peer: Arc::default(),
         }
     }
 }
@@ -204,8 +213,8 @@ pub fn compile(mesh: &Mesh, spec: &WaypointSpec) -> Result<Snapshot, ConfigError
     compile_with_state(mesh, spec, &ResilienceState::default())
 }
 
-/// [`compile`], also returning the status of every route for each parent (also kept in
-/// [`Snapshot::statuses`]).
+/// [`compile`], also returning the status of every route of the mesh for each parent
+/// ([`crate::routes::status::statuses`]; [`Snapshot::statuses`] keeps those of the routes this waypoint serves).
 pub fn compile_with_status(
     mesh: &Mesh,
     spec: &WaypointSpec,
@@ -216,21 +225,13 @@ pub fn compile_with_status(
 /// [`compile`] against the proxy's long-lived `state`: each backend gets its Service's breaker and health, and
 /// each endpoint its health and load counter, from `state` (the same handles as the previous snapshot's for the
 /// same Service and address), so a hot swap keeps in-flight counts, ejections and hash placement.
+/// Only the routes with a parent this waypoint serves are compiled ([`Scope::Served`]).
 pub fn compile_with_state(
     mesh: &Mesh,
     spec: &WaypointSpec,
     state: &ResilienceState,
 ) -> Result<Snapshot, ConfigError> {
-    compile_with_state_and_status(mesh, spec, state).map(|(snapshot, _)| snapshot)
-}
-
-/// [`compile_with_state`], also returning the statuses (as [`compile_with_status`]).
-pub fn compile_with_state_and_status(
-    mesh: &Mesh,
-    spec: &WaypointSpec,
-    state: &ResilienceState,
-) -> Result<(Snapshot, Vec<RouteStatus>), ConfigError> {
-    let (services, statuses) = compile_tables_with_state(mesh, spec, state)?;
+    let (services, statuses) = compile_tables_with_state(mesh, spec, state, Scope::Served)?;
     let mut names: Vec<&str> = services.values().map(|t| t.name.as_str()).collect();
     names.sort_unstable();
     names.dedup();
@@ -245,13 +246,28 @@ pub fn compile_with_state_and_status(
     for d in &compiled.diagnostics {
         tracing::warn!(target: "waypoint::authz", "{d}");
     }
+    let destinations = match &state.telemetry {
+        Some(t) => crate::proxy::observe::Destinations::compile(mesh, services.values(), t),
+        None => Default::default(),
+    };
     let snapshot = Snapshot {
+        destinations,
         services,
-        statuses: statuses.clone(),
+        statuses,
         security,
         policy_diagnostics: compiled.diagnostics,
     };
-    Ok((snapshot, statuses))
+    Ok(snapshot)
+}
+
+/// [`compile_with_state`], also returning the statuses of the whole mesh (as [`compile_with_status`]).
+pub fn compile_with_state_and_status(
+    mesh: &Mesh,
+    spec: &WaypointSpec,
+    state: &ResilienceState,
+) -> Result<(Snapshot, Vec<RouteStatus>), ConfigError> {
+    let snapshot = compile_with_state(mesh, spec, state)?;
+    Ok((snapshot, crate::routes::status::statuses(mesh, spec)?))
 }
 
 /// The endpoints of `svc`'s port `port`, with how to reach each.

@@ -58,6 +58,7 @@ async fn ops_waypoint(mesh: &waypoint::demo::DemoMesh, log: LogControl) -> Waypo
         stats: Some(LOCAL_ANY),
         reuse_port: true,
         log: Some(log),
+        ..Ops::default()
     };
     Waypoint::start_with(cfg, certs, ops).await.unwrap()
 }
