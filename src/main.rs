@@ -1,5 +1,6 @@
 //! The `waypoint` binary: `run` a waypoint, `demo` a whole mesh on loopback, `certs` for a development CA,
-//! `check` a manifests directory's routes (their status, as a Gateway API controller would write it).
+//! `check` a manifests directory's routes (their status, as a Gateway API controller would write it),
+//! `explain` what a waypoint would do with one request (`waypoint::explain`).
 //!
 //! Every flag of `run` is also an environment variable (`--help`, `docs/flags.md`). `run` serves until
 //! SIGTERM/SIGINT, then drains (`waypoint::server::Waypoint::drain`) for up to `--drain-timeout` and exits 0.
@@ -14,6 +15,7 @@ use mesh::identity::{CertPaths, CertStore, Identity};
 use mesh::ops::{AddrOrOff, LogControl};
 use waypoint::demo::client::Proto;
 use waypoint::server::{Ops, Waypoint, WaypointConfig};
+use waypoint::source::{ConfigSource, KubeSource};
 
 #[derive(Parser)]
 #[command(version, about = "The L7 waypoint of an ambient service mesh")]
@@ -55,6 +57,10 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Explain what a waypoint would do with one request (route, backends, filters, timeouts, retries,
+    /// DestinationRule, authorization verdict), from manifests compiled here or a running waypoint's admin
+    /// endpoint; exit 2 when it cannot be explained.
+    Explain(Box<ExplainArgs>),
     /// Create a development CA (if absent) and certificates for the given identities (`ns/sa`).
     Certs {
         #[arg(long)]
@@ -66,12 +72,68 @@ enum Cmd {
     },
 }
 
+/// `--source`: where `waypoint run` takes its config from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Source {
+    Dir,
+    Kube,
+}
+
+/// The flags of `waypoint explain`.
+#[derive(clap::Args)]
+struct ExplainArgs {
+    /// The caller: `spiffe://td/ns/x/sa/y` or `ns/sa`; omit for an unauthenticated caller.
+    #[arg(long)]
+    from: Option<String>,
+    /// The destination as dialled: `host:port` (service hostname, `name.namespace`, or VIP).
+    #[arg(long)]
+    to: String,
+    #[arg(long, short = 'X', default_value = "GET")]
+    method: String,
+    /// Path and query.
+    #[arg(long, default_value = "/")]
+    path: String,
+    /// A request header, `name:value` (repeatable).
+    #[arg(long = "header", short = 'H', value_parser = waypoint::explain::source::parse_header)]
+    headers: Vec<(String, String)>,
+    /// The caller's address (for `ipBlocks`); default 0.0.0.0.
+    #[arg(long)]
+    source_ip: Option<std::net::IpAddr>,
+    /// Compile this manifests directory here ...
+    #[arg(long, required_unless_present = "admin", conflicts_with = "admin")]
+    manifests: Option<PathBuf>,
+    /// ... as this waypoint (`namespace/name`).
+    #[arg(long, default_value = "default/waypoint")]
+    gateway: String,
+    /// ... or ask a running waypoint's admin endpoint (`http://127.0.0.1:15000`), against its live config.
+    #[arg(long)]
+    admin: Option<String>,
+    #[arg(long, default_value = DEFAULT_TRUST_DOMAIN)]
+    trust_domain: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
 /// The flags of `waypoint run`.
 #[derive(clap::Args)]
 struct RunArgs {
-    /// The manifests directory (watched and hot-swapped).
-    #[arg(long, env = "WP_MANIFESTS")]
-    manifests: PathBuf,
+    /// Where the config comes from: `dir` (the `--manifests` folder) or `kube` (the Kubernetes API server).
+    #[arg(long, env = "WP_SOURCE", value_enum, default_value_t = Source::Dir)]
+    source: Source,
+    /// The manifests directory (watched and hot-swapped); required with `--source dir`.
+    #[arg(long, env = "WP_MANIFESTS", required_if_eq("source", "dir"))]
+    manifests: Option<PathBuf>,
+    /// `--source kube`: a kubeconfig file (default: the in-cluster service account, else `$KUBECONFIG`).
+    #[arg(long, env = "WP_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// `--source kube`: the API server's URL (overrides the kubeconfig's).
+    #[arg(long, env = "WP_API_SERVER")]
+    api_server: Option<String>,
+    /// `--source kube`: write route and Gateway status only while holding the Lease `<gateway>-waypoint-status`
+    /// (identity: `$POD_NAME`, else `$HOSTNAME`); `false`: always write (one replica).
+    #[arg(long, env = "WP_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
     /// This waypoint's Gateway, `namespace/name`.
     #[arg(long, env = "WP_GATEWAY", default_value = "default/waypoint")]
     gateway: String,
@@ -113,6 +175,17 @@ struct RunArgs {
     /// (`extensionProviders[].envoyExtAuthzGrpc`). Unset: a CUSTOM policy denies (fails closed).
     #[arg(long, env = "WP_MESH_CONFIG")]
     mesh_config: Option<PathBuf>,
+    /// The access log to stdout, one line per request: Istio's default `text` format, `json` (Istio's keys plus
+    /// the deciding authorization policy and retry count), or `off`.
+    #[arg(long, env = "WP_ACCESS_LOG", default_value = "text", value_parser = ["text", "json", "off"])]
+    access_log: String,
+    /// Export trace spans over OTLP/gRPC to this collector (e.g. `http://otel-collector.istio-system:4317`);
+    /// unset: no tracing.
+    #[arg(long, env = "WP_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// Percentage of requests without a sampled parent that start a trace (Istio's default 1%).
+    #[arg(long, env = "WP_TRACE_SAMPLING", default_value_t = 1.0)]
+    trace_sampling: f64,
     /// Log filter directives (`info`, `warn,waypoint::access=info`); changeable at runtime with
     /// `POST /logging?level=...` on the admin endpoint.
     #[arg(long, env = "WP_LOG_LEVEL", default_value = "info")]
@@ -128,6 +201,8 @@ fn main() -> anyhow::Result<()> {
                 tracing_subscriber::EnvFilter::try_from_default_env()
                     .unwrap_or_else(|_| "warn".into()),
             )
+            // Logs on stderr: stdout carries `check --json` / `explain --json` output.
+            .with_writer(std::io::stderr)
             .init();
     }
     if let Cmd::Check {
@@ -138,6 +213,9 @@ fn main() -> anyhow::Result<()> {
     } = &cli.cmd
     {
         std::process::exit(check(manifests, gateway.as_deref(), trust_domain, *json)?);
+    }
+    if let Cmd::Explain(args) = &cli.cmd {
+        std::process::exit(explain(args));
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -154,7 +232,9 @@ fn main() -> anyhow::Result<()> {
                 waypoint::demo::run(requests, connections, proto, json).await
             }
             Cmd::Run(args) => run(*args).await,
-            Cmd::Check { .. } => unreachable!("handled before the runtime starts"),
+            Cmd::Check { .. } | Cmd::Explain(_) => {
+                unreachable!("handled before the runtime starts")
+            }
             Cmd::Certs {
                 out,
                 trust_domain,
@@ -202,7 +282,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             namespace: namespace.into(),
             name: name.into(),
         },
-        manifests: args.manifests,
+        manifests: args.manifests.clone().unwrap_or_default(),
         trust_domain: args.trust_domain,
         listen: args.listen,
         hbone_port: args.hbone_port,
@@ -214,8 +294,37 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         stats: args.stats.0,
         reuse_port: args.reuse_port,
         log: Some(log),
+        access_log: match args.access_log.as_str() {
+            "json" => Some(waypoint::telemetry::LogFormat::Json),
+            "text" => Some(waypoint::telemetry::LogFormat::Text),
+            _ => None,
+        },
+        tracing: args
+            .otlp_endpoint
+            .clone()
+            .map(|endpoint| waypoint::telemetry::TracingConfig {
+                endpoint,
+                sampling_percent: args.trace_sampling,
+                ..Default::default()
+            }),
     };
-    let wp = Waypoint::start_with(cfg, certs, ops).await?;
+    let source = match (args.source, args.manifests) {
+        (Source::Kube, _) => {
+            let client = ztunnel::source::kube_client(
+                args.kubeconfig.as_deref(),
+                args.api_server.as_deref(),
+            )
+            .await?;
+            let mut kube = KubeSource::new(client);
+            if args.leader_elect {
+                kube.leader_identity = Some(ztunnel::source::pod_identity());
+            }
+            ConfigSource::Kube(kube)
+        }
+        (Source::Dir, Some(dir)) => ConfigSource::Dir(dir),
+        (Source::Dir, None) => anyhow::bail!("--manifests is required with --source dir"),
+    };
+    let wp = Waypoint::start_from(cfg, source, certs, ops).await?;
     wait_for_signal().await;
     tracing::info!(timeout = ?args.drain_timeout, "signal received; draining");
     wp.shutdown(args.drain_timeout).await;
@@ -249,6 +358,50 @@ fn check(
         Err(e) => {
             eprintln!("error: {e}");
             Ok(2)
+        }
+    }
+}
+
+/// `waypoint explain`: prints the explanation (exit 0), or the reason it cannot be given (exit 2).
+fn explain(args: &ExplainArgs) -> i32 {
+    use waypoint::explain::{render, source, Query};
+    let q = Query {
+        from: args.from.clone(),
+        to: args.to.clone(),
+        method: Some(args.method.clone()),
+        path: Some(args.path.clone()),
+        headers: args.headers.clone(),
+        source_ip: args.source_ip,
+    };
+    let explained = match (&args.admin, &args.manifests) {
+        (Some(admin), _) => source::from_admin(admin, &args.trust_domain, &q),
+        (None, Some(dir)) => match args.gateway.split_once('/') {
+            Some((namespace, name)) => {
+                let gw = GatewayRef {
+                    namespace: namespace.into(),
+                    name: name.into(),
+                };
+                source::from_manifests(dir, &gw, &args.trust_domain, &q)
+            }
+            None => Err(anyhow::anyhow!("--gateway must be namespace/name")),
+        },
+        (None, None) => Err(anyhow::anyhow!("give --manifests DIR or --admin URL")),
+    };
+    match explained {
+        Ok(e) if args.json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&e).expect("explanations serialize")
+            );
+            0
+        }
+        Ok(e) => {
+            print!("{}", render::text(&e));
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            2
         }
     }
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use mesh::config::{watch_dir, GatewayRef, Live, Mesh};
+use mesh::config::{GatewayRef, Live, Mesh};
 use mesh::hbone::{self, Pool, PoolOptions, PoolStats, ServerOptions};
 use mesh::identity::CertStore;
 use mesh::ops::{LogControl, Readiness};
@@ -28,8 +28,8 @@ use crate::admin::AdminState;
 use crate::downstream::Inbound;
 use crate::mirror::Mirrors;
 use crate::proxy::{Stats, WaypointProxy};
-use crate::resilience::ResilienceState;
-use crate::snapshot::{compile_with_state, Snapshot, WaypointSpec};
+use crate::snapshot::{Snapshot, WaypointSpec};
+use crate::source::{self, ConfigSource, KubeGuard, Loaded, SourceGuard};
 use crate::upstream::Relay;
 
 /// How to run one waypoint.
@@ -63,6 +63,10 @@ pub struct Ops {
     pub reuse_port: bool,
     /// The process's log filter, for the admin port's `/logging`.
     pub log: Option<LogControl>,
+    /// The Istio-format access log to stdout (`None`: off).
+    pub access_log: Option<crate::telemetry::LogFormat>,
+    /// OTLP/gRPC trace export (`None`: no tracing).
+    pub tracing: Option<crate::telemetry::TracingConfig>,
 }
 
 impl Default for Ops {
@@ -72,6 +76,8 @@ impl Default for Ops {
             stats: None,
             reuse_port: true,
             log: None,
+            access_log: None,
+            tracing: None,
         }
     }
 }
@@ -98,7 +104,7 @@ pub struct Waypoint {
     drained: watch::Receiver<bool>,
     serve: AbortHandle,
     relay: Relay,
-    _watch: mesh::config::live::WatchGuard,
+    source: SourceGuard,
 }
 
 impl Waypoint {
@@ -110,8 +116,22 @@ impl Waypoint {
     /// Loads and compiles the config (failing on a bad one: there is no last good config yet), binds the
     /// listeners and starts serving. `certs` is this waypoint's identity (watch it separately to rotate).
     /// Readiness is bound first, so a probe sees 503 until the config is loaded and the HBONE listener is up.
+    /// The config comes from `cfg.manifests`; [`Waypoint::start_from`] takes another source.
     pub async fn start_with(
         cfg: WaypointConfig,
+        certs: CertStore,
+        ops: Ops,
+    ) -> anyhow::Result<Waypoint> {
+        let source = ConfigSource::Dir(cfg.manifests.clone());
+        Self::start_from(cfg, source, certs, ops).await
+    }
+
+    /// [`Waypoint::start_with`] with the config from `source` (`cfg.manifests` is then unused): a folder, or
+    /// the API server — readiness then waits for every initial list and the first compile, and route and
+    /// Gateway status are written back after each swap ([`crate::source`]).
+    pub async fn start_from(
+        cfg: WaypointConfig,
+        source: ConfigSource,
         certs: CertStore,
         ops: Ops,
     ) -> anyhow::Result<Waypoint> {
@@ -127,19 +147,25 @@ impl Waypoint {
             gateway: cfg.gateway.clone(),
             hbone_port: cfg.hbone_port,
         };
-        let mesh = Mesh::load_dir(&cfg.manifests, &cfg.trust_domain)?;
-        // Breakers, ejections and balancer load outlive snapshots: every compile attaches the same handles.
-        let resilience = Arc::new(ResilienceState::default());
-        let live = Arc::new(Live::new(compile_with_state(&mesh, &spec, &resilience)?));
+        let telemetry = Arc::new(crate::telemetry::Telemetry::new(
+            &crate::telemetry::TelemetryConfig {
+                access_log: ops.access_log,
+                ..Default::default()
+            },
+        )?);
+        let tracer = match &ops.tracing {
+            Some(t) => Some(crate::telemetry::Tracer::new(t).context("starting the trace exporter")?),
+            None => None,
+        };
+        let Loaded { live, mesh, guard } = source::load(
+            source,
+            &spec,
+            &cfg.trust_domain,
+            cfg.listen,
+            Some(telemetry.clone()),
+        )
+        .await?;
         readiness.config_loaded();
-        let watch_spec = spec.clone();
-        let watch = watch_dir(
-            cfg.manifests.clone(),
-            cfg.trust_domain.clone(),
-            Duration::from_millis(50),
-            live.clone(),
-            move |mesh| compile_with_state(mesh, &watch_spec, &resilience),
-        );
 
         let ext_authz = match &cfg.mesh_config {
             Some(path) => Some(Arc::new(ext_providers(path, &mesh)?)),
@@ -159,8 +185,13 @@ impl Waypoint {
             mirrors: mirrors.clone(),
             ext_authz,
             authz_stats: Arc::new(Default::default()),
+            observer: Some(Arc::new(crate::proxy::observe::Observer::new(
+                telemetry.clone(),
+                tracer,
+            ))),
         };
         let state = Arc::new(AdminState {
+            telemetry: Some(telemetry.clone()),
             live: live.clone(),
             stats: stats.clone(),
             mirrors: mirrors.stats.clone(),
@@ -229,7 +260,7 @@ impl Waypoint {
             drained,
             serve: serve.abort_handle(),
             relay,
-            _watch: watch,
+            source: guard,
         })
     }
 
@@ -239,6 +270,13 @@ impl Waypoint {
     }
     pub fn live(&self) -> &Arc<Live<Snapshot>> {
         &self.live
+    }
+    /// The API-server source (watch state, leadership), when the config comes from it.
+    pub fn kube(&self) -> Option<&KubeGuard> {
+        match &self.source {
+            SourceGuard::Kube(k) => Some(k),
+            SourceGuard::Dir(_) => None,
+        }
     }
     /// Outbound HBONE pool counters (outer connections and CONNECT streams opened).
     pub fn pool_stats(&self) -> PoolStats {

@@ -3,8 +3,10 @@
 //!
 //! Stages per CONNECT: **observe** (count the caller's SPIFFE identity) → **check** ([`check_inbound`], pure:
 //! the `:authority` must be a local workload, and its IP the address the connection arrived on unless the
-//! caller is the waypoint of a service that workload backs) → **connect** to the application
-//! (`authority` over plain TCP; failure → `503`) → **accept** (`200`) → **splice**.
+//! caller is the waypoint of a service that workload backs; failure → `400`) → **authorize** (the destination
+//! workload's L4 AuthorizationPolicies, [`crate::policy`]; denied → `401`, counted and logged with the deciding
+//! policy) → **connect** to the application (`authority` over plain TCP; failure → `503`) → **accept** (`200`)
+//! → **splice**. One config snapshot is loaded per CONNECT and serves every stage.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use mesh::hbone::{ConnectHandler, InboundConnect, Respond};
 
 use crate::drain::Drain;
 use crate::outbound::{splice, tcp_connect, OutboundError};
+use crate::policy::Denial;
 use crate::stats::Counters;
 use crate::view::NodeView;
 
@@ -30,6 +33,8 @@ pub enum InboundError {
         authority: SocketAddr,
         arrived: SocketAddr,
     },
+    #[error(transparent)]
+    Denied(Denial),
     #[error("application unreachable: {0}")]
     AppUnreachable(#[source] OutboundError),
 }
@@ -40,12 +45,24 @@ impl InboundError {
             InboundError::NotLocal(_) | InboundError::WrongDestination { .. } => {
                 StatusCode::BAD_REQUEST
             }
+            // What Istio's ztunnel answers a connection its AuthorizationPolicies deny.
+            InboundError::Denied(_) => StatusCode::UNAUTHORIZED,
             InboundError::AppUnreachable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
 
-/// Decides whether `req` may proceed; returns the application address to connect to.
+/// Decides whether `req` may proceed: [`check_inbound`], then the destination workload's policies (the
+/// source is the verified peer identity and the outer connection's TCP peer). Returns the application address.
+pub fn admit(view: &NodeView, req: &InboundConnect) -> Result<SocketAddr, InboundError> {
+    let app = check_inbound(view, req)?;
+    view.authz()
+        .authorize(&req.peer_identity, req.peer_addr.ip(), app)
+        .map_err(InboundError::Denied)?;
+    Ok(app)
+}
+
+/// Checks the destination of `req`; returns the application address to connect to.
 pub fn check_inbound(view: &NodeView, req: &InboundConnect) -> Result<SocketAddr, InboundError> {
     let authority = req.authority;
     if view.local_workload(authority.ip()).is_none() {
@@ -73,7 +90,7 @@ impl ConnectHandler for InboundHandler {
     async fn handle(self: Arc<Self>, req: InboundConnect, respond: Respond) {
         self.counters.inbound_peer(req.peer_identity.to_string());
         let view = self.live.load();
-        let app = match check_inbound(&view, &req) {
+        let app = match admit(&view, &req) {
             Ok(app) => app,
             Err(e) => return self.refuse(&req, respond, e),
         };
@@ -94,8 +111,11 @@ impl ConnectHandler for InboundHandler {
 impl InboundHandler {
     fn refuse(&self, req: &InboundConnect, respond: Respond, e: InboundError) {
         let status = e.status();
-        tracing::info!(peer = %req.peer_identity, from = %req.peer_addr, %status, "inbound refused: {e}");
+        tracing::info!(peer = %req.peer_identity, from = %req.peer_addr, to = %req.authority, %status, "inbound refused: {e}");
         self.counters.inbound_refused(status.as_u16());
+        if let InboundError::Denied(d) = &e {
+            self.counters.inbound_denied(d.label());
+        }
         respond.refuse(status);
     }
 }

@@ -11,6 +11,7 @@
 //! - [`view`]: the compiled, hot-swapped [`view::NodeView`] (the mesh plus which workloads are local).
 //! - [`outbound`]: source identification, the pure planner, the executor.
 //! - [`inbound`]: the pure destination check and the HBONE CONNECT handler.
+//! - [`policy`]: node-tier (L4) AuthorizationPolicy, compiled per snapshot, judged per inbound CONNECT.
 //! - [`socks5`], [`redirect`]: the outbound entry points.
 //! - [`stats`], [`drain`]: counters; bounded graceful shutdown.
 //! - [`ops`]: readiness, Prometheus and admin endpoints.
@@ -22,8 +23,10 @@ pub mod inbound;
 pub mod node;
 pub mod ops;
 pub mod outbound;
+pub mod policy;
 pub mod redirect;
 pub mod socks5;
+pub mod source;
 pub mod stats;
 pub mod view;
 

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! ztunnel --manifests deploy/ --certs certs/ --node node-a --socks5 127.0.0.1:15080
+//! ztunnel --source kube --certs certs/ --node "$NODE_NAME"     # config from the API server
 //! curl --socks5-hostname 127.0.0.1:15080 http://echo.demo.svc.cluster.local/
 //! ```
 
@@ -13,15 +14,36 @@ use std::time::Duration;
 use clap::Parser;
 use mesh::ops::{AddrOrOff, LogControl};
 use ztunnel::ops::Ops;
+use ztunnel::source::{kube_client, node_watch_options, NodeSource};
 use ztunnel::{NodeConfig, Ztunnel};
+
+/// `--source`: where the config comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Source {
+    Dir,
+    Kube,
+}
 
 /// A minimal ambient node proxy: SOCKS5 and redirect capture out, HBONE in and out.
 #[derive(Debug, Parser)]
 #[command(name = "ztunnel", version)]
 struct Args {
-    /// Manifests directory (watched and hot-swapped).
-    #[arg(long, env = "ZT_MANIFESTS")]
-    manifests: PathBuf,
+    /// Where the config comes from: `dir` (the `--manifests` folder) or `kube` (the Kubernetes API server).
+    #[arg(long, env = "ZT_SOURCE", value_enum, default_value_t = Source::Dir)]
+    source: Source,
+    /// Manifests directory (watched and hot-swapped); required with `--source dir`.
+    #[arg(long, env = "ZT_MANIFESTS", required_if_eq("source", "dir"))]
+    manifests: Option<PathBuf>,
+    /// `--source kube`: a kubeconfig file (default: the in-cluster service account, else `$KUBECONFIG`).
+    #[arg(long, env = "ZT_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// `--source kube`: the API server's URL (overrides the kubeconfig's).
+    #[arg(long, env = "ZT_API_SERVER")]
+    api_server: Option<String>,
+    /// `--source kube`: watch only the Pods of `--node` (less API-server load; remote Pods are then unknown and
+    /// their endpoints dialled without mTLS, see `ztunnel::source::node_watch_options`).
+    #[arg(long, env = "ZT_PODS_ON_NODE_ONLY", default_value_t = false, action = clap::ArgAction::Set)]
+    pods_on_node_only: bool,
     /// Certificates directory: `ca.pem` and `<ns>/<sa>/{cert,key}.pem`.
     #[arg(long = "certs", env = "ZT_CERTS")]
     certs: PathBuf,
@@ -77,9 +99,19 @@ async fn main() -> anyhow::Result<()> {
         reuse_port: args.reuse_port,
         log: Some(log),
     };
-    let zt = Ztunnel::start_with(
+    let source = match (args.source, &args.manifests) {
+        (Source::Kube, _) => {
+            let client =
+                kube_client(args.kubeconfig.as_deref(), args.api_server.as_deref()).await?;
+            let watch = node_watch_options(args.node.as_deref(), args.pods_on_node_only);
+            NodeSource::Kube { client, watch }
+        }
+        (Source::Dir, Some(dir)) => NodeSource::Dir(dir.clone()),
+        (Source::Dir, None) => anyhow::bail!("--manifests is required with --source dir"),
+    };
+    let zt = Ztunnel::start_from(
         NodeConfig {
-            manifests: args.manifests,
+            manifests: args.manifests.unwrap_or_default(),
             certs_dir: args.certs,
             trust_domain: args.trust_domain,
             node: args.node,
@@ -89,6 +121,7 @@ async fn main() -> anyhow::Result<()> {
             socks5_default_workload: args.socks5_default_workload,
             redirect: args.redirect,
         },
+        source,
         ops,
     )
     .await?;

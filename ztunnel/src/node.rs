@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use mesh::config::{self, Live, Mesh};
+use mesh::config::Live;
 use mesh::devca::workload_paths;
 use mesh::hbone::{Pool, PoolOptions, ServerOptions};
 use mesh::identity::{self, CertStore};
@@ -29,6 +29,7 @@ use crate::drain::Drain;
 use crate::inbound::InboundHandler;
 use crate::ops::{Ops, OpsState, Servers};
 use crate::outbound::{CertSet, Outbound};
+use crate::source::{ConfigGuard, NodeSource};
 use crate::stats::{Counters, Stats};
 use crate::view::{NodeSpec, NodeView, WorkloadRef};
 use crate::{redirect, socks5};
@@ -75,7 +76,7 @@ pub struct Ztunnel {
     readiness: Readiness,
     servers: Servers,
     tasks: Vec<JoinHandle<()>>,
-    _config_watch: config::live::WatchGuard,
+    _config_watch: ConfigGuard,
     _cert_watches: Vec<identity::WatchGuard>,
 }
 
@@ -86,13 +87,27 @@ impl Ztunnel {
     }
 
     /// Loads the config and certificates, binds every listener and returns once they are all listening.
-    /// The readiness port is bound first and turns 200 at the end.
+    /// The readiness port is bound first and turns 200 at the end. The config comes from `cfg.manifests`;
+    /// [`Ztunnel::start_from`] takes another source.
     pub async fn start_with(cfg: NodeConfig, ops: Ops) -> anyhow::Result<Ztunnel> {
+        let source = NodeSource::Dir(cfg.manifests.clone());
+        Self::start_from(cfg, source, ops).await
+    }
+
+    /// [`Ztunnel::start_with`] with the config from `source` (`cfg.manifests` is then unused); from the API
+    /// server, readiness waits for every initial list.
+    pub async fn start_from(
+        cfg: NodeConfig,
+        source: NodeSource,
+        ops: Ops,
+    ) -> anyhow::Result<Ztunnel> {
         let readiness = Readiness::default();
         let mut servers = crate::ops::start_readiness(&ops, &readiness).await?;
-        // Config: the manifests as this node sees them.
+        // Config: the manifests (or API objects) as this node sees them, live from here on.
         let spec = node_spec(&cfg)?;
-        let view = NodeView::compile(Arc::new(load_mesh(&cfg).await?), &spec);
+        let (live, config_watch) =
+            crate::source::load(source, &cfg.trust_domain, spec.clone()).await?;
+        let view = live.load();
         check_spec(&view, &spec)?;
         readiness.config_loaded();
         // Certificates of the workloads we speak for.
@@ -101,15 +116,6 @@ impl Ztunnel {
         // Listeners: all bound before anything is spawned, so a failure leaves nothing running.
         let listeners = Listeners::bind(&view, &certs, &cfg, ops.reuse_port).await?;
         let own = listeners.addrs();
-        // Live config from here on.
-        let live = Arc::new(Live::new(view));
-        let config_watch = config::watch_dir(
-            cfg.manifests.clone(),
-            cfg.trust_domain.clone(),
-            CONFIG_DEBOUNCE,
-            live.clone(),
-            move |mesh: &Mesh| Ok(NodeView::compile(Arc::new(mesh.clone()), &spec)),
-        );
         // Serve.
         let counters = Arc::new(Counters::default());
         let pool = Pool::new(PoolOptions::default());
@@ -252,12 +258,6 @@ fn node_spec(cfg: &NodeConfig) -> anyhow::Result<NodeSpec> {
         default_workload,
         hbone_port: cfg.hbone_port,
     })
-}
-
-async fn load_mesh(cfg: &NodeConfig) -> anyhow::Result<Mesh> {
-    let (dir, td) = (cfg.manifests.clone(), cfg.trust_domain.clone());
-    let mesh = tokio::task::spawn_blocking(move || Mesh::load_dir(&dir, &td)).await?;
-    mesh.with_context(|| format!("loading manifests from {}", cfg.manifests.display()))
 }
 
 /// Named workloads must exist at start (later they may go away: the view just stops treating them as local).

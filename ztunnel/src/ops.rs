@@ -156,6 +156,8 @@ struct Dump {
     /// The last rejected change (text), until a good one replaces it.
     last_error: Option<String>,
     local_workloads: Vec<String>,
+    /// Node-tier AuthorizationPolicy: what each local workload enforces, and what is not enforced as written.
+    authorization: crate::policy::Summary,
 }
 
 fn config_dump(state: &OpsState) -> String {
@@ -167,6 +169,7 @@ fn config_dump(state: &OpsState) -> String {
             .local_workloads()
             .map(|w| format!("{}/{} {}", w.namespace, w.name, w.ip))
             .collect(),
+        authorization: view.authz().summary(),
     };
     serde_json::to_string_pretty(&dump).unwrap_or_default()
 }
@@ -200,6 +203,13 @@ fn render(state: &OpsState, out: &mut String) {
         let _ = writeln!(
             out,
             "ztunnel_inbound_refused_total{{status=\"{status}\"}} {n}"
+        );
+    }
+    let _ = writeln!(out, "# TYPE ztunnel_inbound_denied_total counter");
+    for (policy, n) in &s.inbound_denied {
+        let _ = writeln!(
+            out,
+            "ztunnel_inbound_denied_total{{policy=\"{policy}\"}} {n}"
         );
     }
     let p = s.pool;

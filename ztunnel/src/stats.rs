@@ -24,6 +24,9 @@ pub struct Stats {
     pub inbound_accepted: u64,
     /// Inbound CONNECTs refused, by HTTP status.
     pub inbound_refused: BTreeMap<u16, u64>,
+    /// Inbound CONNECTs denied by AuthorizationPolicy (also counted as `401` in `inbound_refused`), by the
+    /// deciding policy (`namespace/name`, or `crate::policy::NO_ALLOW_MATCHED`).
+    pub inbound_denied: BTreeMap<String, u64>,
     /// SPIFFE identities of inbound HBONE callers (every CONNECT counted, accepted or not).
     pub inbound_peers: BTreeMap<String, u64>,
     /// The outbound HBONE pool.
@@ -44,6 +47,7 @@ pub struct Counters {
 #[derive(Debug, Default)]
 struct InboundMaps {
     refused: BTreeMap<u16, u64>,
+    denied: BTreeMap<String, u64>,
     peers: BTreeMap<String, u64>,
 }
 
@@ -73,6 +77,16 @@ impl Counters {
         *self.maps().refused.entry(status).or_default() += 1;
     }
 
+    pub fn inbound_denied(&self, policy: &str) {
+        let mut maps = self.maps();
+        match maps.denied.get_mut(policy) {
+            Some(n) => *n += 1,
+            None => {
+                maps.denied.insert(policy.to_string(), 1);
+            }
+        }
+    }
+
     pub fn snapshot(&self, pool: PoolStats) -> Stats {
         let maps = self.maps();
         Stats {
@@ -82,6 +96,7 @@ impl Counters {
             outbound_failed: self.outbound_failed.load(Ordering::Relaxed),
             inbound_accepted: self.inbound_accepted.load(Ordering::Relaxed),
             inbound_refused: maps.refused.clone(),
+            inbound_denied: maps.denied.clone(),
             inbound_peers: maps.peers.clone(),
             pool,
         }

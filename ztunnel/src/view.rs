@@ -1,7 +1,8 @@
 //! The node's compiled view of the mesh: the [`Mesh`] snapshot plus what is specific to this node — which
 //! workloads are local (by `spec.nodeName` and/or an explicit list), the fallback source workload for SOCKS
 //! clients that are not local pods, and, per local workload, the waypoint identities allowed to send it
-//! traffic addressed to another IP (see [`NodeView::is_waypoint_of`]).
+//! traffic addressed to another IP (see [`NodeView::is_waypoint_of`]), and the L4 AuthorizationPolicies each
+//! local workload enforces ([`NodeView::authz`], compiled and its diagnostics logged here, once per snapshot).
 //!
 //! A [`NodeView`] is compiled off the request path (at start and on every manifests change) and read once per
 //! connection through [`mesh::config::Live`].
@@ -14,6 +15,8 @@ use std::sync::Arc;
 
 use mesh::config::{Mesh, Workload};
 use mesh::identity::Identity;
+
+use crate::policy::NodeAuthz;
 
 /// A workload named `namespace/name` (a Pod).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -71,6 +74,8 @@ pub struct NodeView {
     default_source: Option<Arc<Workload>>,
     /// Local workload IP -> identities of the waypoints of the services it backs.
     waypoint_callers: HashMap<IpAddr, BTreeSet<Identity>>,
+    /// What each local workload enforces on inbound.
+    authz: NodeAuthz,
 }
 
 impl NodeView {
@@ -88,6 +93,11 @@ impl NodeView {
             .as_ref()
             .and_then(|r| find(&mesh, r).cloned());
         let waypoint_callers = waypoint_callers(&mesh, &spec.trust_domain, &local);
+        let authz = NodeAuthz::compile(
+            &mesh.authorization_policies,
+            local.values().map(|w| w.as_ref()),
+        );
+        authz.log();
         NodeView {
             mesh,
             trust_domain: spec.trust_domain.clone(),
@@ -95,6 +105,7 @@ impl NodeView {
             local,
             default_source,
             waypoint_callers,
+            authz,
         }
     }
 
@@ -136,6 +147,11 @@ impl NodeView {
         self.waypoint_callers
             .get(&ip)
             .is_some_and(|ids| ids.contains(caller))
+    }
+
+    /// The node-tier authorization of the local workloads.
+    pub fn authz(&self) -> &NodeAuthz {
+        &self.authz
     }
 
     /// Finds a workload of the mesh by `namespace/name` (local or not).

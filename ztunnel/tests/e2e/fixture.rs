@@ -205,6 +205,16 @@ impl Cluster {
 /// A cluster with node-a (SOCKS5 on 127.0.0.1:0, then `tweak_a`) and node-b running. Retries the whole setup
 /// (new subnet, new HBONE port) when a port turns out to be taken.
 pub async fn cluster(tweak_a: impl Fn(&mut NodeConfig, &Cluster)) -> (Cluster, Ztunnel, Ztunnel) {
+    cluster_with(|_| String::new(), tweak_a, ztunnel::ops::Ops::default()).await
+}
+
+/// [`cluster`] with `extra(&cluster)` written to `extra.yaml` before the nodes start, and node-b started with
+/// `ops_b`.
+pub async fn cluster_with(
+    extra: impl Fn(&Cluster) -> String,
+    tweak_a: impl Fn(&mut NodeConfig, &Cluster),
+    ops_b: ztunnel::ops::Ops,
+) -> (Cluster, Ztunnel, Ztunnel) {
     let mut last = None;
     for _ in 0..5 {
         let c = match Cluster::new().await {
@@ -212,6 +222,7 @@ pub async fn cluster(tweak_a: impl Fn(&mut NodeConfig, &Cluster)) -> (Cluster, Z
             Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
             Err(e) => panic!("cluster setup: {e}"),
         };
+        std::fs::write(c.manifests.join("extra.yaml"), extra(&c)).unwrap();
         let mut cfg_a = c.node_config("node-a");
         cfg_a.socks5 = Some("127.0.0.1:0".parse().unwrap());
         tweak_a(&mut cfg_a, &c);
@@ -223,7 +234,7 @@ pub async fn cluster(tweak_a: impl Fn(&mut NodeConfig, &Cluster)) -> (Cluster, Z
             }
             Err(e) => panic!("start node-a: {e:#}"),
         };
-        match Ztunnel::start(c.node_config("node-b")).await {
+        match Ztunnel::start_with(c.node_config("node-b"), ops_b.clone()).await {
             Ok(b) => return (c, a, b),
             Err(e) if addr_in_use(&e) => {
                 a.shutdown().await;
