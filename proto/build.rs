@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "waypoint/config/v1/snapshot.proto",
         "envoy/service/auth/v3/external_auth.proto",
+        "waypoint/push/v1/push.proto",
     ];
     let inputs = [
         "waypoint/config/v1/snapshot.proto",
@@ -15,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "envoy/config/core/v3/base.proto",
         "envoy/type/v3/http_status.proto",
         "google/rpc/status.proto",
+        "waypoint/push/v1/push.proto",
     ];
     for p in inputs {
         println!("cargo:rerun-if-changed={p}");
@@ -24,6 +26,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .build_transport(false)
+        // push tier: payloads shared across subscribers without copying
+        .bytes(".waypoint.push.v1.Resource.payload")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -2,6 +2,8 @@
 //! system `protoc`).
 //!
 //! - [`config::v1`]: the compiled config snapshot, as the admin endpoint dumps it.
+//! - [`push::v1`]: the push tier's `Push/Stream` service (Delta-xDS-like updates of Kubernetes documents, with
+//!   ACK/NACK), with a tonic client ([`push::v1::push_client`]) and server ([`push::v1::push_server`]).
 //! - [`envoy::service::auth::v3`]: Envoy's external authorization API (`Authorization/Check`), with a tonic
 //!   client ([`envoy::service::auth::v3::authorization_client`]) and server
 //!   ([`envoy::service::auth::v3::authorization_server`]), and the messages it needs from
@@ -19,6 +21,14 @@ pub mod config {
     /// `waypoint.config.v1`
     pub mod v1 {
         include!(concat!(env!("OUT_DIR"), "/waypoint.config.v1.rs"));
+    }
+}
+
+/// `waypoint.push.*`
+pub mod push {
+    /// `waypoint.push.v1`: the control plane's push stream.
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/waypoint.push.v1.rs"));
     }
 }
 
