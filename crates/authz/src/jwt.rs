@@ -90,6 +90,20 @@ pub struct Verified {
     pub policy: Arc<str>,
 }
 
+/// One `jwtRules[]` entry of an [`Authenticator`], for a debug view ([`Authenticator::rules`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RuleInfo {
+    /// `namespace/name` of the RequestAuthentication.
+    pub policy: String,
+    pub issuer: String,
+    /// Empty: any audience.
+    pub audiences: Vec<String>,
+    /// Where the keys are fetched from; `None`: inline `jwks`.
+    pub jwks_uri: Option<String>,
+    /// Where the token is looked for (`header authorization (prefix "Bearer ")`, `query parameter token`).
+    pub locations: Vec<String>,
+}
+
 /// The RequestAuthentications of one destination, compiled. Cheap to share (`Arc` it in the snapshot).
 pub struct Authenticator {
     compiled: Compiled,
@@ -163,6 +177,37 @@ impl Authenticator {
                     keys,
                     last_error,
                 }
+            })
+            .collect()
+    }
+
+    /// Every compiled `jwtRules[]` entry, in the order tokens are tried (for a debug view).
+    pub fn rules(&self) -> Vec<RuleInfo> {
+        self.compiled
+            .rules
+            .iter()
+            .map(|r| RuleInfo {
+                policy: r.policy.to_string(),
+                issuer: r.issuer.clone(),
+                audiences: r.audiences.clone(),
+                jwks_uri: match &r.keys {
+                    Keys::Inline(_) => None,
+                    Keys::Remote(remote) => Some(remote.settings.uri.to_string()),
+                },
+                locations: r
+                    .locations
+                    .iter()
+                    .map(|&at| match &self.compiled.locations[at] {
+                        extract::Location::Header { name, prefix } if prefix.is_empty() => {
+                            format!("header {name}")
+                        }
+                        extract::Location::Header { name, prefix } => {
+                            format!("header {name} (prefix {prefix:?})")
+                        }
+                        extract::Location::Param(p) => format!("query parameter {p}"),
+                        extract::Location::Cookie(c) => format!("cookie {c}"),
+                    })
+                    .collect(),
             })
             .collect()
     }
