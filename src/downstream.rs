@@ -38,7 +38,8 @@ pub struct ConnInfo {
     pub peer_identity: Identity,
     /// The CONNECT `:authority`: the service VIP:port the caller dialled.
     pub destination: SocketAddr,
-    /// The outer TCP peer (the caller's node proxy).
+    /// The caller's address: the CONNECT's `forwarded: for=` (set by the caller's node proxy, which holds the
+    /// caller's certificate), else the outer TCP peer. `source.ip` of authorization, `useSourceIp`.
     pub peer_addr: SocketAddr,
     /// `peer_identity` as Istio writes principals (`<td>/ns/<ns>/sa/<sa>`), built once per stream for
     /// authorization.
@@ -112,11 +113,24 @@ impl ConnectHandler for Inbound {
             xfcc: std::sync::OnceLock::new(),
             peer_identity: req.peer_identity,
             destination: req.authority,
-            peer_addr: req.peer_addr,
+            peer_addr: forwarded_for(&req.headers).unwrap_or(req.peer_addr),
         });
         let stream = into_pingora_stream(stream, info);
         self.app.process_new(stream, &self.shutdown).await;
     }
+}
+
+/// The address of `forwarded: for="<ip:port>"` (RFC 7239; the first element, quotes and brackets allowed).
+fn forwarded_for(headers: &http::HeaderMap) -> Option<SocketAddr> {
+    let value = headers.get(http::header::FORWARDED)?.to_str().ok()?;
+    let first = value.split(',').next()?;
+    let node = first.split(';').find_map(|p| {
+        let (k, v) = p.trim().split_once('=')?;
+        k.eq_ignore_ascii_case("for").then_some(v.trim_matches('"'))
+    })?;
+    node.parse()
+        .ok()
+        .or_else(|| node.parse().ok().map(|ip| SocketAddr::new(ip, 0)))
 }
 
 /// Wraps a CONNECT stream as a Pingora stream carrying `info` and preset socket addresses.

@@ -75,6 +75,12 @@ pub async fn authorize(
     providers: Option<&Providers>,
     stats: &AuthzStats,
 ) -> Result<Authorized, Refusal> {
+    let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    // A path that cannot be normalized (`%00`, a bad escape) is refused before anything else, as Envoy's
+    // connection manager does, whether or not some policy matches on paths (the set normalizes only then).
+    if authz::path::normalize(path).is_err() {
+        return Err(Refusal::BadPath);
+    }
     let mut out = Authorized::default();
     let mut auth: Option<RequestAuth> = None;
     if let Some(authn) = &sec.authn {
@@ -101,7 +107,6 @@ pub async fn authorize(
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri.authority().map(|a| a.as_str()))
         .unwrap_or("");
-    let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
     let attrs = Request {
         source_principal: Some(&conn.principal),
         source_namespace: Some(&conn.peer_identity.namespace),
