@@ -57,7 +57,7 @@ pub struct AdminState {
 pub fn metrics(state: Arc<AdminState>) -> ops::Render {
     Arc::new(move |out: &mut String| {
         if let Some(t) = &state.telemetry {
-            t.render(out);
+            t.render_except_health(out);
         }
         out.push_str(&prometheus(&state))
     })
@@ -77,7 +77,7 @@ fn answer(state: &AdminState, req: &OpsRequest) -> Response<Full<Bytes>> {
         "/stats" | "/stats/prometheus" => {
             let mut out = String::new();
             if let Some(t) = &state.telemetry {
-                t.render(&mut out);
+                t.render_except_health(&mut out);
             }
             out.push_str(&prometheus(state));
             ops::respond(StatusCode::OK, ops::PROMETHEUS_TEXT, out)

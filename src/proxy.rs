@@ -118,7 +118,7 @@ pub struct RequestCtx {
 
 impl WaypointProxy {
     /// Stages identify and validate; `Err` is answered by the caller.
-    fn identify(&self, session: &Session, ctx: &mut RequestCtx) -> Result<(), ProxyError> {
+    fn identify(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), ProxyError> {
         ctx.conn = conn_info(session);
         let req = session.req_header();
         let raw = req
@@ -131,7 +131,8 @@ impl WaypointProxy {
                     .map(|h1| h1.get_headers_raw_bytes())
             })
             .flatten();
-        validate(req, raw.as_deref())
+        validate(req, raw.as_deref())?;
+        headers::normalize_path(session.req_header_mut())
     }
 
     /// Stage "route", after authorization.

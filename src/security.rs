@@ -137,8 +137,12 @@ fn request_authentications(
     let mut sorted: Vec<&Named<RequestAuthenticationSpec>> = all.iter().collect();
     sorted.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     for ra in sorted {
-        let targets: Vec<&PolicyTargetReference> =
-            ra.spec.target_ref.iter().chain(&ra.spec.target_refs).collect();
+        let targets: Vec<&PolicyTargetReference> = ra
+            .spec
+            .target_ref
+            .iter()
+            .chain(&ra.spec.target_refs)
+            .collect();
         let near = ra.namespace == gateway.namespace
             || services
                 .iter()
@@ -149,8 +153,9 @@ fn request_authentications(
                     policy: ra.key(),
                     rule: None,
                     kind: DiagnosticKind::NotEnforcedByWaypoint,
-                    message: "RequestAuthentication without targetRefs: not enforced by the waypoint"
-                        .into(),
+                    message:
+                        "RequestAuthentication without targetRefs: not enforced by the waypoint"
+                            .into(),
                 });
             }
             continue;
@@ -161,7 +166,10 @@ fn request_authentications(
                     if ra.namespace == gateway.namespace && t.name == gateway.name =>
                 {
                     for s in services {
-                        by_service.entry(s.to_string()).or_default().push(ra.clone());
+                        by_service
+                            .entry(s.to_string())
+                            .or_default()
+                            .push(ra.clone());
                     }
                 }
                 ("" | "core", "Service") => {
@@ -181,7 +189,11 @@ fn request_authentications(
 mod tests {
     use super::*;
 
-    fn ra(ns: &str, name: &str, targets: &[(&str, &str, &str)]) -> Named<RequestAuthenticationSpec> {
+    fn ra(
+        ns: &str,
+        name: &str,
+        targets: &[(&str, &str, &str)],
+    ) -> Named<RequestAuthenticationSpec> {
         Named {
             namespace: ns.into(),
             name: name.into(),
@@ -208,7 +220,11 @@ mod tests {
             name: "waypoint".into(),
         };
         let all = [
-            ra("default", "to-gw", &[(GATEWAY_GROUP, "Gateway", "waypoint")]),
+            ra(
+                "default",
+                "to-gw",
+                &[(GATEWAY_GROUP, "Gateway", "waypoint")],
+            ),
             ra("default", "to-reviews", &[("", "Service", "reviews")]),
             ra("other", "foreign-svc", &[("", "Service", "reviews")]),
             ra("default", "no-targets", &[]),

@@ -193,8 +193,14 @@ impl Telemetry {
 
     /// Appends the Prometheus text exposition (format 0.0.4) of every metric to `out`.
     pub fn render(&self, out: &mut String) {
-        self.metrics.render(out);
+        self.render_except_health(out);
         self.health.render(out);
+    }
+
+    /// [`Telemetry::render`] without the [`Health`] families, for a caller that exports its own proxy health
+    /// counters under those names (the waypoint's admin `health_stats`).
+    pub fn render_except_health(&self, out: &mut String) {
+        self.metrics.render(out);
         let families = [
             ("requests", &self.metrics.requests.stats()),
             ("tcp", &self.metrics.tcp.stats()),

@@ -25,18 +25,21 @@ use http::HeaderMap;
 use mesh::hbone::{Dial, Pool};
 use mesh::identity::{CertStore, Identity};
 use pingora::upstreams::peer::HttpPeer;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::oneshot;
 use tracing::debug;
 
 use crate::snapshot::Upstream;
 
-const HDR_HBONE_ADDR: &str = "x-waypoint-hbone-addr";
-const HDR_IDENTITY: &str = "x-waypoint-hbone-identity";
+/// `<hbone address> <expected identity>`: one header, so a peer carries one entry to copy per try.
+const HDR_HBONE: &str = "x-waypoint-hbone";
 const HDR_SLOT: &str = "x-waypoint-slot";
 /// The largest CONNECT head the relay reads (Pingora's is ~150 bytes).
 const MAX_HEAD: usize = 4096;
+/// Each direction's copy buffer of a relayed stream (as `ztunnel::outbound::SPLICE_BUFFER`): 128 KiB per open
+/// relayed connection, pooled keep-alive connections included, freed when the connection closes.
+const RELAY_BUFFER: usize = 64 << 10;
 
 /// Names one connection slot of a service: the breaker's id and the slot index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -53,33 +56,54 @@ impl SlotTag {
 }
 
 /// The Pingora peer for one endpoint; `slot`: the connection slot the try holds (see the module doc).
+/// A relayed peer is a copy of the endpoint's [`PeerTemplate`] (built on its first try), plus the slot header.
 pub fn peer(up: &Upstream, relay: &Path, slot: Option<SlotTag>) -> Box<HttpPeer> {
     if up.hbone.is_none() && slot.is_none() {
         return Box::new(HttpPeer::new(up.addr, false, String::new()));
     }
-    let mut headers = BTreeMap::new();
-    if let Some(h) = &up.hbone {
-        headers.insert(
-            HDR_HBONE_ADDR.to_string(),
-            h.hbone_addr.to_string().into_bytes(),
-        );
-        headers.insert(
-            HDR_IDENTITY.to_string(),
-            h.identity.to_string().into_bytes(),
-        );
-    }
-    if let Some(t) = slot {
-        headers.insert(
-            HDR_SLOT.to_string(),
-            format!("{}.{}", t.service, t.index).into_bytes(),
-        );
-    }
-    let next_hop = relay.to_str().expect("relay path is UTF-8");
-    let mut peer = HttpPeer::new_proxy(next_hop, up.addr.ip(), up.addr.port(), false, "", headers);
-    if let Some(t) = slot {
+    let template = up.peer.0.get_or_init(|| Box::new(relayed(up, relay)));
+    let same_relay = template
+        .proxy
+        .as_ref()
+        .is_some_and(|p| &*p.next_hop == relay);
+    let mut peer = Box::new(if same_relay {
+        HttpPeer::clone(template)
+    } else {
+        relayed(up, relay)
+    });
+    if let (Some(t), Some(proxy)) = (slot, peer.proxy.as_mut()) {
+        let value = format!("{}.{}", t.service, t.index).into_bytes();
+        proxy.headers.insert(HDR_SLOT.to_string(), value);
         peer.group_key = t.group_key();
     }
-    Box::new(peer)
+    peer
+}
+
+/// The peer through `relay` to `up`, without a slot.
+fn relayed(up: &Upstream, relay: &Path) -> HttpPeer {
+    let mut headers = BTreeMap::new();
+    if let Some(h) = &up.hbone {
+        let value = format!("{} {}", h.hbone_addr, h.identity).into_bytes();
+        headers.insert(HDR_HBONE.to_string(), value);
+    }
+    let next_hop = relay.to_str().expect("relay path is UTF-8");
+    HttpPeer::new_proxy(next_hop, up.addr.ip(), up.addr.port(), false, "", headers)
+}
+
+/// The part of an endpoint's relayed Pingora peer that is the same for every try (CONNECT target, relay path,
+/// HBONE header): built on the endpoint's first try, shared by the snapshot's copies of the endpoint, and
+/// cloned per try ([`peer`]), so a try no longer formats addresses and identities. Boxed: an endpoint never
+/// tried costs a pointer.
+#[derive(Default)]
+pub struct PeerTemplate(std::sync::OnceLock<Box<HttpPeer>>);
+
+impl std::fmt::Debug for PeerTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let built = self.0.get().is_some();
+        f.debug_struct("PeerTemplate")
+            .field("built", &built)
+            .finish()
+    }
 }
 
 /// The in-process HBONE relay (see the module doc). Removes its socket directory when dropped.
@@ -180,20 +204,21 @@ pub fn parse_head(head: &str) -> Result<RelayTarget, String> {
     let authority: SocketAddr = auth
         .parse()
         .map_err(|_| format!("bad authority {auth:?}"))?;
-    let (mut hbone_addr, mut identity, mut slot) = (None, None, None);
+    let (mut hbone, mut slot) = (None, None);
     for line in lines {
         let Some((name, value)) = line.split_once(':') else {
             continue;
         };
         let value = value.trim();
-        if name.eq_ignore_ascii_case(HDR_HBONE_ADDR) {
-            hbone_addr = Some(
-                value
-                    .parse()
-                    .map_err(|_| format!("bad hbone address {value:?}"))?,
-            );
-        } else if name.eq_ignore_ascii_case(HDR_IDENTITY) {
-            identity = Some(value.parse().map_err(|e| format!("{e}"))?);
+        if name.eq_ignore_ascii_case(HDR_HBONE) {
+            let (addr, identity) = value
+                .split_once(' ')
+                .ok_or_else(|| format!("bad hbone target {value:?}: want <address> <identity>"))?;
+            let addr = addr
+                .parse()
+                .map_err(|_| format!("bad hbone address {addr:?}"))?;
+            let identity = identity.trim().parse().map_err(|e| format!("{e}"))?;
+            hbone = Some((addr, identity));
         } else if name.eq_ignore_ascii_case(HDR_SLOT) {
             let bad = || format!("bad slot {value:?}");
             let (service, index) = value.split_once('.').ok_or_else(bad)?;
@@ -203,12 +228,6 @@ pub fn parse_head(head: &str) -> Result<RelayTarget, String> {
             });
         }
     }
-    let hbone = match (hbone_addr, identity) {
-        (Some(a), Some(i)) => Some((a, i)),
-        (None, None) => None,
-        (Some(_), None) => return Err("missing identity".into()),
-        (None, Some(_)) => return Err("missing hbone address".into()),
-    };
     if hbone.is_none() && slot.is_none() {
         return Err("neither an HBONE target nor a connection slot".into());
     }
@@ -379,15 +398,17 @@ async fn pump<S>(conn: UnixStream, stream: S) -> io::Result<()>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin,
 {
-    let (mut from_pingora, mut to_pingora) = conn.into_split();
-    let (mut from_endpoint, mut to_endpoint) = tokio::io::split(stream);
+    let (from_pingora, mut to_pingora) = conn.into_split();
+    let (from_endpoint, mut to_endpoint) = tokio::io::split(stream);
+    let mut from_pingora = BufReader::with_capacity(RELAY_BUFFER, from_pingora);
+    let mut from_endpoint = BufReader::with_capacity(RELAY_BUFFER, from_endpoint);
     let up = async move {
-        let copied = tokio::io::copy(&mut from_pingora, &mut to_endpoint).await;
+        let copied = tokio::io::copy_buf(&mut from_pingora, &mut to_endpoint).await;
         let _ = to_endpoint.shutdown().await;
         (copied, from_pingora)
     };
     let down = async move {
-        let copied = tokio::io::copy(&mut from_endpoint, &mut to_pingora).await;
+        let copied = tokio::io::copy_buf(&mut from_endpoint, &mut to_pingora).await;
         let _ = to_pingora.shutdown().await;
         copied
     };
@@ -411,7 +432,7 @@ pub async fn open(up: &Upstream, relay: &Path) -> io::Result<Box<dyn Tunnel>> {
     };
     let mut conn = UnixStream::connect(relay).await?;
     let head = format!(
-        "CONNECT {a} HTTP/1.1\r\nHost: {a}\r\n{HDR_HBONE_ADDR}: {}\r\n{HDR_IDENTITY}: {}\r\n\r\n",
+        "CONNECT {a} HTTP/1.1\r\nHost: {a}\r\n{HDR_HBONE}: {} {}\r\n\r\n",
         h.hbone_addr,
         h.identity,
         a = up.addr
@@ -440,3 +461,64 @@ pub async fn open(up: &Upstream, relay: &Path) -> io::Result<Box<dyn Tunnel>> {
 /// A byte stream to an upstream.
 pub trait Tunnel: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Tunnel for T {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::HboneUpstream;
+
+    fn endpoint() -> Upstream {
+        let hbone = HboneUpstream {
+            hbone_addr: "10.1.0.1:15008".parse().unwrap(),
+            identity: Identity::new("cluster.local", "default", "reviews"),
+        };
+        Upstream::new("10.1.0.1:8080".parse().unwrap(), Some(hbone))
+    }
+
+    #[test]
+    fn a_relayed_peer_is_the_template_plus_the_slot() {
+        let (up, relay) = (endpoint(), Path::new("/run/relay.sock"));
+        let first = peer(&up, relay, None);
+        let again = peer(&up, relay, None);
+        assert_eq!(first.proxy.as_ref().unwrap().headers.len(), 1);
+        assert_eq!(format!("{first:?}"), format!("{again:?}"));
+        let tag = SlotTag {
+            service: 7,
+            index: 2,
+        };
+        let slotted = peer(&up, relay, Some(tag));
+        let proxy = slotted.proxy.as_ref().unwrap();
+        assert_eq!(proxy.headers[HDR_SLOT], b"7.2");
+        assert_eq!(slotted.group_key, tag.group_key());
+        let after = peer(&up, relay, None);
+        assert_eq!(
+            format!("{after:?}"),
+            format!("{first:?}"),
+            "the template is kept"
+        );
+        let elsewhere = peer(&up, Path::new("/other.sock"), None);
+        assert_eq!(
+            &*elsewhere.proxy.as_ref().unwrap().next_hop,
+            Path::new("/other.sock")
+        );
+    }
+
+    #[test]
+    fn the_relay_reads_what_a_peer_sends() {
+        let up = endpoint();
+        let h = up.hbone.as_ref().unwrap();
+        let head = format!(
+            "CONNECT {} HTTP/1.1\r\nHost: {}\r\n{HDR_HBONE}: {} {}\r\n{HDR_SLOT}: 7.2",
+            up.addr, up.addr, h.hbone_addr, h.identity
+        );
+        let target = parse_head(&head).unwrap();
+        assert_eq!(target.authority, up.addr);
+        assert_eq!(target.hbone, Some((h.hbone_addr, h.identity.clone())));
+        assert_eq!(target.slot.map(|t| (t.service, t.index)), Some((7, 2)));
+        assert!(
+            parse_head("CONNECT 10.1.0.1:8080 HTTP/1.1\r\nx-waypoint-hbone: 10.1.0.1:15008")
+                .is_err()
+        );
+        assert!(parse_head("CONNECT 10.1.0.1:8080 HTTP/1.1\r\nHost: x").is_err());
+    }
+}

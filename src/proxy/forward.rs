@@ -11,7 +11,7 @@ use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 
-use super::headers::{modify, xfcc};
+use super::headers::modify;
 use super::respond::fail;
 use super::stages::record_outcome;
 use super::{RequestCtx, WaypointProxy};
@@ -187,10 +187,7 @@ pub(crate) fn rewrite_request(
     ctx: &RequestCtx,
 ) -> Result<()> {
     match &ctx.conn {
-        Some(conn) => req.insert_header(
-            "x-forwarded-client-cert",
-            xfcc(&proxy.identity, &conn.peer_identity),
-        )?,
+        Some(conn) => req.insert_header("x-forwarded-client-cert", conn.xfcc(&proxy.identity))?,
         None => {
             req.remove_header("x-forwarded-client-cert");
         }

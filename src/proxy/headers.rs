@@ -45,7 +45,8 @@ pub(crate) fn host_and_port(req: &RequestHeader) -> (&str, Option<u16>) {
     }
 }
 
-/// The `x-forwarded-client-cert` value naming the verified caller.
+/// The `x-forwarded-client-cert` value naming the verified caller (formatted once per connection:
+/// [`crate::downstream::ConnInfo::xfcc`]).
 pub fn xfcc(by: &Identity, caller: &Identity) -> String {
     format!("By={by};URI={caller}")
 }
@@ -87,6 +88,33 @@ pub(crate) fn modify(m: &HeaderModifier, h: &mut impl Headers) {
     for (name, value) in &m.add {
         h.add(name.clone(), value.clone());
     }
+}
+
+/// Stage "normalize": the path authorization, routing and the application all see, normalized as Istio has
+/// Envoy do it (`normalize_path`, `merge_slashes`): dot segments resolved, slashes merged, percent-encoded
+/// unreserved characters decoded, `%2F`/`%5C` kept escaped ([`authz::path`]). A path that cannot be normalized
+/// (`%00`, a bad escape) is refused with 400. Paths not starting with `/` (`*`) are left alone.
+pub(crate) fn normalize_path(req: &mut RequestHeader) -> Result<(), ProxyError> {
+    let Some(pq) = req.uri.path_and_query() else {
+        return Ok(());
+    };
+    if !pq.path().starts_with('/') {
+        return Ok(());
+    }
+    let normalized = match authz::path::normalize(pq.path()) {
+        Ok(std::borrow::Cow::Borrowed(_)) => return Ok(()),
+        Ok(std::borrow::Cow::Owned(p)) => p,
+        Err(_) => return Err(ProxyError::BadRequest),
+    };
+    let new = match pq.query() {
+        Some(q) => format!("{normalized}?{q}"),
+        None => normalized,
+    };
+    let mut parts = req.uri.clone().into_parts();
+    parts.path_and_query = Some(new.parse().map_err(|_| ProxyError::BadRequest)?);
+    let uri = http::Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest)?;
+    req.set_uri(uri);
+    Ok(())
 }
 
 #[cfg(test)]

@@ -38,7 +38,12 @@ pub async fn respond_error_flagged(session: &mut Session, err: &ProxyError, flag
     if status == 0 {
         return 0;
     }
-    let body = Bytes::from(format!("{err}\n"));
+    // Envoy's RBAC denial body has no trailing newline; clients compare it verbatim.
+    let body = if *err == ProxyError::Forbidden {
+        Bytes::from_static(b"RBAC: access denied")
+    } else {
+        Bytes::from(format!("{err}\n"))
+    };
     let Ok(mut resp) = ResponseHeader::build(status, Some(3)) else {
         return status;
     };
@@ -57,7 +62,11 @@ pub async fn respond_error_flagged(session: &mut Session, err: &ProxyError, flag
 }
 
 /// Answers an external authorizer's denial as it asked (status, headers, body), flagged `UAEX`.
-pub(crate) async fn respond_custom(session: &mut Session, ctx: &mut RequestCtx, d: &authz::ext::Denied) {
+pub(crate) async fn respond_custom(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    d: &authz::ext::Denied,
+) {
     ctx.flags = Some("UAEX".to_string());
     let Ok(mut resp) = ResponseHeader::build(d.status.as_u16(), Some(d.headers.len() + 2)) else {
         return;

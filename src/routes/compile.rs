@@ -7,7 +7,9 @@
 //!   [`RetryPolicy`].
 //!
 //! How a config becomes tables ([`compile_tables`]):
-//! 1. every route of either kind is read into one neutral form (`spec`);
+//! 1. the routes of either kind with a parent this waypoint serves (a Service bound to it, or its Gateway) are
+//!    read into one neutral form (`spec`); the rest of the mesh is skipped unread, so a waypoint's compile costs
+//!    in proportion to its own services ([`Scope::Served`]; `waypoint check` reads every route, [`Scope::Mesh`]);
 //! 2. each `parentRef` is resolved (`parents`): a Service bound to this waypoint (optionally one port, by `port`
 //!    or by port name in `sectionName`), or this waypoint's Gateway (all its services, subject to the listener's
 //!    `allowedRoutes`); anything else is `NoMatchingParent` / `NotAllowedByListeners`;
@@ -236,24 +238,41 @@ enum Role {
 /// Route tables by Service VIP:port.
 pub(crate) type Tables = HashMap<SocketAddr, Arc<RouteTable>>;
 
+/// Which routes a compile reads, and so which statuses it returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// The routes with a parent this waypoint serves (a Service bound to it, or its Gateway), each with a
+    /// status for each of its parents: what the proxy needs, in proportion to its own services.
+    Served,
+    /// Every route of the mesh, for each of its parents, as this waypoint sees them (`waypoint check`).
+    Mesh,
+}
+
 /// The route tables of every Service port bound to this waypoint (by VIP:port), and the status of every route
-/// of the mesh for each of its parents, as seen by this waypoint.
+/// of the mesh for each of its parents, as seen by this waypoint ([`Scope::Mesh`]).
 /// Backends get state handles of their own (see [`compile_tables_with_state`]).
 pub(crate) fn compile_tables(
     mesh: &Mesh,
     spec: &WaypointSpec,
 ) -> Result<(Tables, Vec<RouteStatus>), ConfigError> {
-    compile_tables_with_state(mesh, spec, &ResilienceState::default())
+    compile_tables_with_state(mesh, spec, &ResilienceState::default(), Scope::Mesh)
 }
 
-/// [`compile_tables`], backends getting their Service port's policy and handles into `state` (see
-/// `destinations`).
+/// [`compile_tables`] of the routes `scope` says, backends getting their Service port's policy and handles
+/// into `state` (see `destinations`). The tables are the same in either scope.
 pub(crate) fn compile_tables_with_state(
     mesh: &Mesh,
     spec: &WaypointSpec,
     state: &ResilienceState,
+    scope: Scope,
 ) -> Result<(Tables, Vec<RouteStatus>), ConfigError> {
-    let routes = spec::routes(mesh)?;
+    let served =
+        |ns: &str, p: spec::ParentName<'_>| parents::names_waypoint(mesh, &spec.gateway, ns, p);
+    let keep: spec::Keep<'_> = match scope {
+        Scope::Served => Some(&served),
+        Scope::Mesh => None,
+    };
+    let routes = spec::routes(mesh, keep)?;
     let cx = Cx {
         mesh,
         spec,

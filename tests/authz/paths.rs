@@ -74,7 +74,6 @@ async fn the_same_spellings_pass_when_no_policy_denies_them() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the waypoint forwards (and routes on) the raw path; Envoy forwards the normalized one"]
 async fn the_application_sees_the_path_that_was_judged() {
     // Envoy normalizes `:path` in the connection manager, before routing and authorization, and forwards the
     // normalized path (query kept), so the application sees exactly what the policy judged.

@@ -6,10 +6,10 @@
 //! `allowedRoutes` (namespaces `Same` by default; kinds). Anything else is `Accepted=False` with
 //! `NoMatchingParent` (or `NotAllowedByListeners`), saying why.
 
-use mesh::config::RouteNamespaces;
+use mesh::config::{GatewayRef, Mesh, RouteNamespaces};
 
 use super::rules::CompiledRoute;
-use super::spec::{ParentRef, RouteSpec};
+use super::spec::{ParentName, ParentRef, RouteSpec};
 use super::Cx;
 use crate::routes::status::{Condition, RouteStatus};
 
@@ -36,6 +36,29 @@ pub(crate) struct Outcome {
     pub parent: String,
     /// The target, or the `Accepted=False` reason and message.
     pub target: Result<Target, (&'static str, String)>,
+}
+
+/// Whether a parent reference of a route in `route_namespace` names something waypoint `gw` serves: a Service
+/// bound to it, or its Gateway (cheap, before the route is read: whether the route concerns this waypoint at
+/// all; [`resolve`] then says whether it attaches).
+pub(crate) fn names_waypoint(
+    mesh: &Mesh,
+    gw: &GatewayRef,
+    route_namespace: &str,
+    p: ParentName<'_>,
+) -> bool {
+    let namespace = p.namespace.unwrap_or(route_namespace);
+    let kind = p.kind.unwrap_or("Gateway");
+    let group = p
+        .group
+        .unwrap_or(if kind == "Service" { "" } else { GATEWAY_GROUP });
+    match (group, kind) {
+        ("", "Service") => mesh
+            .service(namespace, p.name)
+            .is_some_and(|s| s.waypoint.as_ref() == Some(gw)),
+        (GATEWAY_GROUP, "Gateway") => gw.namespace == namespace && gw.name == p.name,
+        _ => false,
+    }
 }
 
 /// Resolves one parent reference of `route`.

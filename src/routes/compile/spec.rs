@@ -216,14 +216,43 @@ pub(crate) struct RetrySpec {
     pub backoff: Option<String>,
 }
 
-/// Every HTTPRoute and GRPCRoute of the mesh, in the neutral form.
-pub(crate) fn routes(mesh: &Mesh) -> Result<Vec<RouteSpec>, ConfigError> {
-    let mut out = Vec::with_capacity(mesh.http_routes.len() + mesh.grpc_routes.len());
+/// A `parentRef` as written (defaults not applied), read before a route is converted.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ParentName<'a> {
+    pub group: Option<&'a str>,
+    pub kind: Option<&'a str>,
+    pub name: &'a str,
+    pub namespace: Option<&'a str>,
+}
+
+/// Which routes [`routes`] reads: every one, or those with a parent `keep` accepts (`keep(route namespace,
+/// parent)`), the others skipped before any conversion.
+pub(crate) type Keep<'a> = Option<&'a dyn Fn(&str, ParentName<'_>) -> bool>;
+
+/// The HTTPRoutes and GRPCRoutes of the mesh that `keep` selects, in the neutral form.
+pub(crate) fn routes(mesh: &Mesh, keep: Keep<'_>) -> Result<Vec<RouteSpec>, ConfigError> {
+    let mut out = Vec::new();
     // The metadata type is k8s-openapi's; only its fields are read here.
     macro_rules! push {
         ($kind:expr, $routes:expr) => {
             for r in $routes {
                 let m = &r.object.metadata;
+                if let Some(keep) = keep {
+                    let ns = m.namespace.as_deref().unwrap_or("default");
+                    let parents = r.object.spec.parent_refs.as_deref().unwrap_or_default();
+                    let named = parents.iter().any(|p| {
+                        let p = ParentName {
+                            group: p.group.as_deref(),
+                            kind: p.kind.as_deref(),
+                            name: &p.name,
+                            namespace: p.namespace.as_deref(),
+                        };
+                        keep(ns, p)
+                    });
+                    if !named {
+                        continue;
+                    }
+                }
                 let created = m.creation_timestamp.as_ref().map(|t| format!("{:.9}", t.0));
                 let mut route = RouteSpec {
                     kind: $kind,
