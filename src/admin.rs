@@ -46,6 +46,8 @@ pub struct AdminState {
     pub readiness: Readiness,
     /// The process's log filter (`None`: `/logging` answers 501).
     pub log: Option<LogControl>,
+    /// Authorization decisions (rendered with the proxy health counters).
+    pub authz: Option<Arc<crate::proxy::authorize::AuthzStats>>,
     /// The Istio metrics (rendered before the proxy health counters).
     pub telemetry: Option<Arc<crate::telemetry::Telemetry>>,
 }
@@ -59,7 +61,10 @@ pub fn metrics(state: Arc<AdminState>) -> ops::Render {
         if let Some(t) = &state.telemetry {
             t.render_except_health(out);
         }
-        out.push_str(&prometheus(&state))
+        out.push_str(&prometheus(&state));
+        if let Some(a) = &state.authz {
+            a.render(out);
+        }
     })
 }
 
@@ -80,6 +85,9 @@ fn answer(state: &AdminState, req: &OpsRequest) -> Response<Full<Bytes>> {
                 t.render_except_health(&mut out);
             }
             out.push_str(&prometheus(state));
+            if let Some(a) = &state.authz {
+                a.render(&mut out);
+            }
             ops::respond(StatusCode::OK, ops::PROMETHEUS_TEXT, out)
         }
         "/logging" => match &state.log {

@@ -154,7 +154,9 @@ impl Waypoint {
             },
         )?);
         let tracer = match &ops.tracing {
-            Some(t) => Some(crate::telemetry::Tracer::new(t).context("starting the trace exporter")?),
+            Some(t) => {
+                Some(crate::telemetry::Tracer::new(t).context("starting the trace exporter")?)
+            }
             None => None,
         };
         let Loaded { live, mesh, guard } = source::load(
@@ -177,6 +179,7 @@ impl Waypoint {
             Relay::start(pool.clone(), certs.clone()).context("starting the HBONE relay")?;
         let stats = Arc::new(Stats::default());
         let mirrors = Arc::new(Mirrors::new(relay.path().to_path_buf()));
+        let authz_stats: Arc<crate::proxy::authorize::AuthzStats> = Arc::default();
         let proxy = WaypointProxy {
             live: live.clone(),
             relay: relay.path().to_path_buf(),
@@ -184,13 +187,14 @@ impl Waypoint {
             stats: stats.clone(),
             mirrors: mirrors.clone(),
             ext_authz,
-            authz_stats: Arc::new(Default::default()),
+            authz_stats: authz_stats.clone(),
             observer: Some(Arc::new(crate::proxy::observe::Observer::new(
                 telemetry.clone(),
                 tracer,
             ))),
         };
         let state = Arc::new(AdminState {
+            authz: Some(authz_stats.clone()),
             telemetry: Some(telemetry.clone()),
             live: live.clone(),
             stats: stats.clone(),
@@ -372,7 +376,8 @@ fn ext_providers(path: &std::path::Path, mesh: &Mesh) -> anyhow::Result<authz::e
     use authz::ext::{parse_mesh_config, Limits, Providers, ServiceRef};
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the mesh config {}", path.display()))?;
-    let config = parse_mesh_config(&text).with_context(|| format!("mesh config {}", path.display()))?;
+    let config =
+        parse_mesh_config(&text).with_context(|| format!("mesh config {}", path.display()))?;
     let mut endpoints: std::collections::HashMap<(String, u16), SocketAddr> = Default::default();
     for p in &config.providers {
         let ServiceRef { host, .. } = &p.service;

@@ -65,6 +65,55 @@ pub struct AuthzStats {
     pub custom_denied: AtomicU64,
     pub audited: AtomicU64,
     pub dry_run_denied: AtomicU64,
+    /// Denials by deciding policy (`ns/name`, or `-` when no ALLOW matched); at most [`MAX_POLICY_SERIES`]
+    /// policies, the rest counted as `other`. Locked only on a denial.
+    pub denied_by: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+/// The most policies [`AuthzStats::denied_by`] keeps apart.
+pub const MAX_POLICY_SERIES: usize = 1000;
+
+impl AuthzStats {
+    fn count_denial(&self, policy: Option<&str>) {
+        let mut m = self.denied_by.lock().unwrap_or_else(|e| e.into_inner());
+        let key = policy.unwrap_or("-");
+        if let Some(n) = m.get_mut(key) {
+            *n += 1;
+        } else if m.len() < MAX_POLICY_SERIES {
+            m.insert(key.to_string(), 1);
+        } else {
+            *m.entry("other".to_string()).or_default() += 1;
+        }
+    }
+
+    /// Prometheus text of the decision counters.
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let _ = writeln!(out, "# TYPE waypoint_authz_decisions_total counter");
+        for (decision, n) in [
+            ("allowed", &self.allowed),
+            ("denied", &self.denied),
+            ("unauthenticated", &self.unauthenticated),
+            ("custom_denied", &self.custom_denied),
+            ("audited", &self.audited),
+            ("dry_run_denied", &self.dry_run_denied),
+        ] {
+            let _ = writeln!(
+                out,
+                "waypoint_authz_decisions_total{{decision=\"{decision}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(out, "# TYPE waypoint_authz_denied_total counter");
+        let m = self.denied_by.lock().unwrap_or_else(|e| e.into_inner());
+        for (policy, n) in m.iter() {
+            let policy = policy.replace('\\', "\\\\").replace('"', "\\\"");
+            let _ = writeln!(
+                out,
+                "waypoint_authz_denied_total{{policy=\"{policy}\"}} {n}"
+            );
+        }
+    }
 }
 
 /// Judges one request. `providers`: the CUSTOM providers of the mesh config (none: a CUSTOM match fails closed).
@@ -184,6 +233,7 @@ pub async fn authorize(
         Ok(out)
     } else {
         stats.denied.fetch_add(1, Ordering::Relaxed);
+        stats.count_denial(out.policy.as_deref());
         Err(Refusal::Denied { policy: out.policy })
     }
 }
@@ -228,4 +278,36 @@ pub fn apply_edits(a: &Authorized, req: &mut RequestHeader) -> pingora::Result<(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn denials_are_counted_by_policy_and_bounded() {
+        let s = AuthzStats::default();
+        s.count_denial(Some("shop/deny-admin"));
+        s.count_denial(Some("shop/deny-admin"));
+        s.count_denial(None);
+        for i in 0..MAX_POLICY_SERIES + 10 {
+            s.count_denial(Some(&format!("ns/p{i}")));
+        }
+        let m = s.denied_by.lock().unwrap();
+        assert_eq!(m["shop/deny-admin"], 2);
+        assert_eq!(m["-"], 1);
+        assert!(m.len() <= MAX_POLICY_SERIES + 1, "{}", m.len());
+        assert!(m["other"] >= 10);
+        drop(m);
+        let mut out = String::new();
+        s.render(&mut out);
+        assert!(
+            out.contains("waypoint_authz_denied_total{policy=\"shop/deny-admin\"} 2"),
+            "{out}"
+        );
+        assert!(
+            out.contains("waypoint_authz_decisions_total{decision=\"denied\"} 0"),
+            "{out}"
+        );
+    }
 }
