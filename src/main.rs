@@ -43,6 +43,17 @@ enum Cmd {
     },
     /// Run a waypoint.
     Run(Box<RunArgs>),
+    /// Run a push control plane: watch a manifests folder once and stream to each subscribed proxy
+    /// (`waypoint run --source push`) only its share of the mesh, as versioned updates with ACK/NACK.
+    ControlPlane {
+        #[arg(long, env = "CP_MANIFESTS")]
+        manifests: PathBuf,
+        /// The gRPC listener (plaintext: run it on a trusted network or behind mTLS).
+        #[arg(long, env = "CP_LISTEN", default_value = "0.0.0.0:15010")]
+        listen: std::net::SocketAddr,
+        #[arg(long, env = "CP_TRUST_DOMAIN", default_value = DEFAULT_TRUST_DOMAIN)]
+        trust_domain: String,
+    },
     /// Print every route's status per parent (Accepted, ResolvedRefs); exit 1 when any is False, 2 when the
     /// manifests do not load.
     Check {
@@ -77,6 +88,8 @@ enum Cmd {
 enum Source {
     Dir,
     Kube,
+    /// A push control plane (`--control-plane`).
+    Push,
 }
 
 /// The flags of `waypoint explain`.
@@ -121,6 +134,9 @@ struct RunArgs {
     /// Where the config comes from: `dir` (the `--manifests` folder) or `kube` (the Kubernetes API server).
     #[arg(long, env = "WP_SOURCE", value_enum, default_value_t = Source::Dir)]
     source: Source,
+    /// The push control plane (`http://host:15010`), with `--source push`.
+    #[arg(long, env = "WP_CONTROL_PLANE")]
+    control_plane: Option<String>,
     /// The manifests directory (watched and hot-swapped); required with `--source dir`.
     #[arg(long, env = "WP_MANIFESTS", required_if_eq("source", "dir"))]
     manifests: Option<PathBuf>,
@@ -232,6 +248,20 @@ fn main() -> anyhow::Result<()> {
                 waypoint::demo::run(requests, connections, proto, json).await
             }
             Cmd::Run(args) => run(*args).await,
+            Cmd::ControlPlane {
+                manifests,
+                listen,
+                trust_domain,
+            } => {
+                let cp = push::ControlPlane::new();
+                let _watch = cp
+                    .watch_dir(manifests, trust_domain, Duration::from_millis(50))
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                let listener = tokio::net::TcpListener::bind(listen).await?;
+                tracing::warn!(addr = %listener.local_addr()?, "push control plane listening");
+                cp.serve(listener, wait_for_signal()).await?;
+                Ok(())
+            }
             Cmd::Check { .. } | Cmd::Explain(_) => {
                 unreachable!("handled before the runtime starts")
             }
@@ -321,6 +351,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
             ConfigSource::Kube(kube)
         }
+        (Source::Push, _) => ConfigSource::Push {
+            endpoint: args
+                .control_plane
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("--control-plane is required with --source push"))?,
+            node_id: ztunnel::source::pod_identity(),
+        },
         (Source::Dir, Some(dir)) => ConfigSource::Dir(dir),
         (Source::Dir, None) => anyhow::bail!("--manifests is required with --source dir"),
     };

@@ -279,7 +279,7 @@ impl Waypoint {
     pub fn kube(&self) -> Option<&KubeGuard> {
         match &self.source {
             SourceGuard::Kube(k) => Some(k),
-            SourceGuard::Dir(_) => None,
+            SourceGuard::Dir(_) | SourceGuard::Push(_) => None,
         }
     }
     /// Outbound HBONE pool counters (outer connections and CONNECT streams opened).

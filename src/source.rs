@@ -44,6 +44,14 @@ pub enum ConfigSource {
     Dir(PathBuf),
     /// The Kubernetes API server.
     Kube(KubeSource),
+    /// A push control plane (`waypoint control-plane`): only this waypoint's share of the mesh, as versioned
+    /// incremental updates; a config that does not compile is NACKed and the last good one keeps serving.
+    Push {
+        /// `http://host:port` of the control plane.
+        endpoint: String,
+        /// This proxy instance (NACKs are remembered per node id).
+        node_id: String,
+    },
 }
 
 /// The API-server source: what to watch, and whether to write status.
@@ -80,6 +88,11 @@ impl std::fmt::Debug for ConfigSource {
                 .field("write_status", &k.write_status)
                 .field("leader_identity", &k.leader_identity)
                 .finish_non_exhaustive(),
+            ConfigSource::Push { endpoint, node_id } => f
+                .debug_struct("Push")
+                .field("endpoint", endpoint)
+                .field("node_id", node_id)
+                .finish(),
         }
     }
 }
@@ -89,6 +102,7 @@ impl std::fmt::Debug for ConfigSource {
 pub enum SourceGuard {
     Dir(mesh::config::live::WatchGuard),
     Kube(KubeGuard),
+    Push(push::PushGuard),
 }
 
 /// The API-server side of a running waypoint.
@@ -146,6 +160,34 @@ pub(crate) async fn load(
                 live,
                 mesh: Arc::new(mesh),
                 guard: SourceGuard::Dir(guard),
+            })
+        }
+        ConfigSource::Push { endpoint, node_id } => {
+            let empty = Mesh::from_documents(&[], trust_domain)?;
+            let live = Arc::new(Live::new(compile_with_state(&empty, spec, &resilience)?));
+            let latest: Arc<Mutex<Option<Arc<Mesh>>>> = Arc::default();
+            let keep = latest.clone();
+            let sub = push::proto::Subscribe {
+                node_id,
+                kind: push::proto::SubscriberKind::Waypoint as i32,
+                target: format!("{}/{}", spec.gateway.namespace, spec.gateway.name),
+                resource_versions: Default::default(),
+            };
+            let guard =
+                push::watch_push(endpoint, sub, trust_domain.into(), live.clone(), move |m| {
+                    let snapshot = compile_with_state(m, &watch_spec, &resilience)?;
+                    *lock(&keep) = Some(Arc::new(m.clone()));
+                    Ok(snapshot)
+                });
+            let mut status = guard.status();
+            let _ = status.wait_for(|s| s.applied >= 1).await;
+            let mesh = lock(&latest)
+                .clone()
+                .context("no config compiled from the control plane")?;
+            Ok(Loaded {
+                live,
+                mesh,
+                guard: SourceGuard::Push(guard),
             })
         }
         ConfigSource::Kube(kube) => {
