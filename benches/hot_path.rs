@@ -10,8 +10,9 @@
 //! - `route/match_{10,1000,10000}/{hit,miss}`: [`MatchTable::find`] over that many rules (a third exact paths,
 //!   a third prefixes, a third prefixes with a header match); `hit` is a request for one of the last rules
 //!   built (a header-matched prefix), `miss` a request no rule takes.
-//! - `forward/{peer_hbone,xfcc}`: what the proxy builds per try (`upstream::peer`, the Pingora peer of an HBONE
-//!   endpoint) and per request (`proxy::xfcc`).
+//! - `forward/{peer_hbone,xfcc,xfcc_per_request}`: what the proxy builds per try (`upstream::peer`, the Pingora
+//!   peer of an HBONE endpoint, a copy of the endpoint's template), per connection (`proxy::xfcc`) and per
+//!   request (`ConnInfo::xfcc`, the connection's value shared).
 //! - `balance/*`: the route's weighted backend pick and each endpoint load balancer (`hot_path/balance.rs`).
 //! - `filters/header_modifier_apply`: a `RequestHeaderModifier` (2 set, 2 add, 1 remove) on a request's
 //!   headers (the per-iteration copy of the headers is made outside the measurement).
@@ -91,7 +92,23 @@ fn bench(c: &mut Criterion) {
     g.bench_function("xfcc", |b| {
         b.iter(|| black_box(waypoint::proxy::xfcc(black_box(&by), &caller)))
     });
+    let conn = conn_info(&caller);
+    g.bench_function("xfcc_per_request", |b| {
+        b.iter(|| black_box(black_box(&conn).xfcc(&by)))
+    });
     g.finish();
+}
+
+/// The connection info of a stream from `caller` (what `downstream::Inbound` builds per HBONE stream).
+fn conn_info(caller: &Identity) -> waypoint::downstream::ConnInfo {
+    waypoint::downstream::ConnInfo {
+        peer_identity: caller.clone(),
+        destination: ([10, 0, 0, 1], 9080).into(),
+        peer_addr: ([10, 1, 0, 1], 15008).into(),
+        principal: String::new(),
+        telemetry_source: Default::default(),
+        xfcc: Default::default(),
+    }
 }
 
 /// Prints the allocations per call of each hot function (before any bench runs).
@@ -137,6 +154,10 @@ fn allocations(_: &mut Criterion) {
     });
     alloc::report("forward/xfcc", || {
         black_box(waypoint::proxy::xfcc(&by, &caller));
+    });
+    let conn = conn_info(&caller);
+    alloc::report("forward/xfcc_per_request", || {
+        black_box(conn.xfcc(&by));
     });
     alloc::report("filters/redirect_location", || {
         black_box(f.redirect.location(&f.parts, Some("/v1")));

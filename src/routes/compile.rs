@@ -409,3 +409,85 @@ fn build_table(
             .collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use mesh::config::GatewayRef;
+
+    use super::*;
+
+    /// Namespace `a` uses waypoint `a/wp`, namespace `b` waypoint `b/wp`; a route on each one's Service, one
+    /// on `a`'s Gateway, and one on a Service of no waypoint.
+    const MESH: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: a, labels: {istio.io/use-waypoint: wp}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: b, labels: {istio.io/use-waypoint: wp}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: c}
+"#;
+
+    fn mesh() -> Mesh {
+        let mut text = MESH.to_string();
+        for ns in ["a", "b", "c"] {
+            text.push_str(&format!(
+                "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: wp, namespace: {ns}}}\n\
+                 spec: {{gatewayClassName: istio-waypoint, listeners: [{{name: mesh, port: 15008, protocol: HBONE}}]}}\n\
+                 ---\napiVersion: v1\nkind: Service\nmetadata: {{name: svc, namespace: {ns}}}\n\
+                 spec: {{clusterIP: 10.0.0.{n}, ports: [{{port: 80}}]}}\n\
+                 ---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: {ns}}}\n\
+                 spec: {{parentRefs: [{{group: \"\", kind: Service, name: svc}}], rules: [{{backendRefs: [{{name: svc, port: 80}}]}}]}}\n",
+                n = ns.as_bytes()[0]
+            ));
+        }
+        text.push_str(
+            "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: g, namespace: a}\n\
+             spec: {parentRefs: [{name: wp}], rules: [{backendRefs: [{name: svc, port: 80}]}]}\n",
+        );
+        Mesh::from_documents(&[("m.yaml".into(), text)], "cluster.local").unwrap()
+    }
+
+    fn routes(statuses: &[RouteStatus]) -> Vec<String> {
+        let mut r: Vec<String> = statuses.iter().map(|s| s.route.clone()).collect();
+        r.sort();
+        r
+    }
+
+    #[test]
+    fn only_routes_with_a_parent_served_here_are_compiled() {
+        let (mesh, state) = (mesh(), ResilienceState::default());
+        let spec = WaypointSpec {
+            gateway: GatewayRef {
+                namespace: "a".into(),
+                name: "wp".into(),
+            },
+            hbone_port: 15008,
+        };
+        let (served, mine) =
+            compile_tables_with_state(&mesh, &spec, &state, Scope::Served).unwrap();
+        let (all, every) = compile_tables_with_state(&mesh, &spec, &state, Scope::Mesh).unwrap();
+        assert_eq!(routes(&mine), ["HTTPRoute a/g", "HTTPRoute a/r"]);
+        assert_eq!(
+            routes(&every),
+            [
+                "HTTPRoute a/g",
+                "HTTPRoute a/r",
+                "HTTPRoute b/r",
+                "HTTPRoute c/r"
+            ]
+        );
+        assert!(mine.iter().all(|s| !s.has_errors()), "{mine:#?}");
+        assert_eq!(served.len(), 1);
+        let rules = |t: &Tables| -> Vec<String> {
+            t.values()
+                .flat_map(|t| t.rules.iter().map(|r| r.name.clone()))
+                .collect()
+        };
+        assert_eq!(rules(&served), rules(&all));
+    }
+}

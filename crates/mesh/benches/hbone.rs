@@ -5,8 +5,8 @@
 //!
 //! The server does what a destination ztunnel does with a CONNECT: dial the `:authority` (the backend, plain
 //! TCP on 127.0.0.1), answer 200, then splice the stream and the socket with `tokio::io::copy_bidirectional`
-//! (8 KiB buffers, as `ztunnel::outbound::splice`); `*_copybuf_256KiB` cases use a second server splicing with
-//! 256 KiB buffers. The backend speaks a tiny protocol of 9-byte commands (`U`/`D`/`E` + u64 length): sink
+//! (8 KiB buffers, tokio's default); `*_copybuf_{64,256}KiB` cases use servers splicing with 64 KiB (as
+//! `ztunnel::outbound::splice`) and 256 KiB buffers. The backend speaks a tiny protocol of 9-byte commands (`U`/`D`/`E` + u64 length): sink
 //! `len` bytes then ack one byte, send `len` bytes, or echo `len` bytes.
 //!
 //! - `connect/pooled`: one CONNECT (stream open, backend dial, 200) on an outer connection already in the pool.
@@ -155,8 +155,8 @@ async fn echo(s: &mut (impl AsyncRead + AsyncWrite + Unpin), msg: &[u8], back: &
 struct Bed {
     rt: Runtime,
     backend: SocketAddr,
-    /// 8 KiB splice buffers, then 256 KiB.
-    servers: [SocketAddr; 2],
+    /// 8 KiB splice buffers, then 64 KiB, then 256 KiB.
+    servers: [SocketAddr; 3],
     client: CertStore,
     expected: [Identity; 1],
     _shutdown: watch::Sender<bool>,
@@ -179,8 +179,8 @@ impl Bed {
             let b = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let backend = b.local_addr().unwrap();
             tokio::spawn(self::backend(b));
-            let mut servers = [backend; 2];
-            for (i, buf) in [8 << 10, 256 << 10].into_iter().enumerate() {
+            let mut servers = [backend; 3];
+            for (i, buf) in [8 << 10, 64 << 10, 256 << 10].into_iter().enumerate() {
                 let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
                 servers[i] = l.local_addr().unwrap();
                 let (certs, opts) = (server.clone(), ServerOptions::default());
@@ -304,7 +304,12 @@ fn throughput(c: &mut Criterion, bed: &Bed) {
     let pool = Pool::new(PoolOptions::default());
     let chunk = vec![7u8; CHUNK];
     let mut buf = vec![0u8; CHUNK];
-    for (name, server) in [("hbone", 0), ("hbone_copybuf_256KiB", 1)] {
+    let servers = [
+        ("hbone", 0),
+        ("hbone_copybuf_64KiB", 1),
+        ("hbone_copybuf_256KiB", 2),
+    ];
+    for (name, server) in servers {
         let mut s = bed.rt.block_on(bed.open(&pool, server)).0;
         g.bench_function(format!("{name}_upload_64MiB"), |b| {
             b.iter_custom(|iters| timed!(bed, iters, upload(&mut s, &chunk, BIG)))
