@@ -202,7 +202,7 @@ struct RunArgs {
     /// Percentage of requests without a sampled parent that start a trace (Istio's default 1%).
     #[arg(long, env = "WP_TRACE_SAMPLING", default_value_t = 1.0)]
     trace_sampling: f64,
-    /// Log filter directives (`info`, `warn,waypoint::access=info`); changeable at runtime with
+    /// Log filter directives (`info`, `warn,waypoint::access=debug`); changeable at runtime with
     /// `POST /logging?level=...` on the admin endpoint.
     #[arg(long, env = "WP_LOG_LEVEL", default_value = "info")]
     log_level: String,

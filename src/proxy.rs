@@ -396,7 +396,9 @@ impl ProxyHttp for WaypointProxy {
         forward::on_proxy_error(self, session, e, ctx, client_reused)
     }
 
-    /// Observe: one line per request (target `waypoint::access`, level info) with the response flags.
+    /// Observe: the Istio metrics, access log and span ([`observe::record`]); plus, at debug level on target
+    /// `waypoint::access`, a diagnostic line per request with the tries and flags (off by default: it would
+    /// format and write a second line per request).
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         if let Some(flags) = &ctx.flags {
             self.stats.count_flags(flags);
@@ -404,7 +406,7 @@ impl ProxyHttp for WaypointProxy {
         if let Some(o) = &self.observer {
             observe::record(&o.telemetry, &o.unknown, session, ctx);
         }
-        if !tracing::enabled!(target: "waypoint::access", tracing::Level::INFO) {
+        if !tracing::enabled!(target: "waypoint::access", tracing::Level::DEBUG) {
             return;
         }
         let req = session.req_header();
@@ -419,7 +421,7 @@ impl ProxyHttp for WaypointProxy {
             .as_ref()
             .map(|c| c.peer_identity.to_string())
             .unwrap_or_default();
-        tracing::info!(
+        tracing::debug!(
             target: "waypoint::access",
             method = %req.method,
             uri = %req.uri,

@@ -145,7 +145,7 @@ spec:
 EOF
       fi
       WP_CERT="$SCRATCH/certs/default/waypoint/cert.pem" WP_KEY="$SCRATCH/certs/default/waypoint/key.pem" \
-      WP_CA="$SCRATCH/certs/ca.pem" RUST_LOG="warn,waypoint::access=info" NO_COLOR=1 \
+      WP_CA="$SCRATCH/certs/ca.pem" WP_LOG_LEVEL="warn,waypoint::access=debug" NO_COLOR=1 \
         start_proc "$wp" "$WP_CPUS" "'$WAYPOINT_BIN' run --manifests '$SCRATCH/manifests-$v' --gateway default/waypoint --listen $NET.20:15008 --admin off"
       ;;
     envoy-*)
