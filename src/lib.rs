@@ -7,6 +7,8 @@
 //! [`server`] wires it together; [`demo`] runs a whole mesh on loopback.
 
 pub mod admin;
+pub mod control_plane;
+pub mod ctl;
 pub mod demo;
 pub mod downstream;
 pub mod error;

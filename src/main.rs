@@ -43,17 +43,11 @@ enum Cmd {
     },
     /// Run a waypoint.
     Run(Box<RunArgs>),
-    /// Run a push control plane: watch a manifests folder once and stream to each subscribed proxy
-    /// (`waypoint run --source push`) only its share of the mesh, as versioned updates with ACK/NACK.
-    ControlPlane {
-        #[arg(long, env = "CP_MANIFESTS")]
-        manifests: PathBuf,
-        /// The gRPC listener (plaintext: run it on a trusted network or behind mTLS).
-        #[arg(long, env = "CP_LISTEN", default_value = "0.0.0.0:15010")]
-        listen: std::net::SocketAddr,
-        #[arg(long, env = "CP_TRUST_DOMAIN", default_value = DEFAULT_TRUST_DOMAIN)]
-        trust_domain: String,
-    },
+    /// Run a push control plane: watch a manifests folder or the API server once and stream to each subscribed
+    /// proxy (`--source push`) only its share of the mesh, over mutual TLS (`docs/push.md`).
+    ControlPlane(Box<waypoint::control_plane::ControlPlaneArgs>),
+    /// Deploy a waypoint for each `istio-waypoint` Gateway (`docs/controller.md`).
+    Controller(waypoint_controller::ControllerArgs),
     /// Print every route's status per parent (Accepted, ResolvedRefs); exit 1 when any is False, 2 when the
     /// manifests do not load.
     Check {
@@ -81,6 +75,9 @@ enum Cmd {
         /// Identities as `namespace/service-account`.
         identities: Vec<String>,
     },
+    /// Manage waypoints on a cluster: `generate`, `apply`, `enroll`, `list`, `status`, `delete` (`docs/cli.md`).
+    #[command(flatten)]
+    Ctl(waypoint::ctl::Command),
 }
 
 /// `--source`: where `waypoint run` takes its config from.
@@ -134,9 +131,14 @@ struct RunArgs {
     /// Where the config comes from: `dir` (the `--manifests` folder) or `kube` (the Kubernetes API server).
     #[arg(long, env = "WP_SOURCE", value_enum, default_value_t = Source::Dir)]
     source: Source,
-    /// The push control plane (`http://host:15010`), with `--source push`.
+    /// The push control plane, with `--source push`: `https://host:15010` (mutual TLS, this waypoint's
+    /// `--cert` as the client certificate) or `http://…` (plaintext, development only).
     #[arg(long, env = "WP_CONTROL_PLANE")]
     control_plane: Option<String>,
+    /// The identity the control plane must present over https (default
+    /// `spiffe://<td>/ns/istio-system/sa/waypoint-control-plane`).
+    #[arg(long, env = "WP_CONTROL_PLANE_IDENTITY")]
+    control_plane_identity: Option<String>,
     /// The manifests directory (watched and hot-swapped); required with `--source dir`.
     #[arg(long, env = "WP_MANIFESTS", required_if_eq("source", "dir"))]
     manifests: Option<PathBuf>,
@@ -210,8 +212,11 @@ struct RunArgs {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if !matches!(cli.cmd, Cmd::Run(_)) {
-        // `run` installs a reloadable filter from `--log-level` instead.
+    if !matches!(
+        cli.cmd,
+        Cmd::Run(_) | Cmd::ControlPlane(_) | Cmd::Controller(_)
+    ) {
+        // `run`, `control-plane` and `controller` install a filter from `--log-level` instead.
         tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()
@@ -248,20 +253,9 @@ fn main() -> anyhow::Result<()> {
                 waypoint::demo::run(requests, connections, proto, json).await
             }
             Cmd::Run(args) => run(*args).await,
-            Cmd::ControlPlane {
-                manifests,
-                listen,
-                trust_domain,
-            } => {
-                let cp = push::ControlPlane::new();
-                let _watch = cp
-                    .watch_dir(manifests, trust_domain, Duration::from_millis(50))
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-                let listener = tokio::net::TcpListener::bind(listen).await?;
-                tracing::warn!(addr = %listener.local_addr()?, "push control plane listening");
-                cp.serve(listener, wait_for_signal()).await?;
-                Ok(())
-            }
+            Cmd::ControlPlane(args) => waypoint::control_plane::run(*args).await,
+            Cmd::Ctl(cmd) => waypoint::ctl::main(cmd).await,
+            Cmd::Controller(args) => Ok(waypoint_controller::run(args).await?),
             Cmd::Check { .. } | Cmd::Explain(_) => {
                 unreachable!("handled before the runtime starts")
             }
@@ -352,10 +346,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             ConfigSource::Kube(kube)
         }
         (Source::Push, _) => ConfigSource::Push {
-            endpoint: args
-                .control_plane
-                .clone()
-                .ok_or_else(|| anyhow::anyhow!("--control-plane is required with --source push"))?,
+            dial: push::Dial::new(
+                args.control_plane.clone().ok_or_else(|| {
+                    anyhow::anyhow!("--control-plane is required with --source push")
+                })?,
+                Some(push::ClientTls {
+                    certs: certs.clone(),
+                    control_plane: match &args.control_plane_identity {
+                        Some(id) => id
+                            .parse()
+                            .map_err(|e| anyhow::anyhow!("--control-plane-identity: {e}"))?,
+                        None => push::tls::default_control_plane_identity(&cfg.trust_domain),
+                    },
+                }),
+            ),
             node_id: ztunnel::source::pod_identity(),
         },
         (Source::Dir, Some(dir)) => ConfigSource::Dir(dir),

@@ -29,6 +29,8 @@ use crate::resilience::ResilienceState;
 use crate::routes::status::RouteStatus;
 use crate::snapshot::{compile_with_state, Snapshot, WaypointSpec};
 
+mod policy_status;
+
 /// The `controllerName` of the `status.parents[]` entries the waypoint writes (Istio's, for waypoints).
 pub const CONTROLLER_NAME: &str = "istio.io/mesh-controller";
 /// Quiet time before a change is recompiled.
@@ -47,8 +49,9 @@ pub enum ConfigSource {
     /// A push control plane (`waypoint control-plane`): only this waypoint's share of the mesh, as versioned
     /// incremental updates; a config that does not compile is NACKed and the last good one keeps serving.
     Push {
-        /// `http://host:port` of the control plane.
-        endpoint: String,
+        /// The control plane's URL (`http://host:port`, or `https://host:port` with this waypoint's own
+        /// certificate as the client certificate and the control-plane identity to expect).
+        dial: push::Dial,
         /// This proxy instance (NACKs are remembered per node id).
         node_id: String,
     },
@@ -88,11 +91,11 @@ impl std::fmt::Debug for ConfigSource {
                 .field("write_status", &k.write_status)
                 .field("leader_identity", &k.leader_identity)
                 .finish_non_exhaustive(),
-            ConfigSource::Push { endpoint, node_id } => f
+            ConfigSource::Push { dial, node_id } => f
                 .debug_struct("Push")
-                .field("endpoint", endpoint)
+                .field("url", &dial.url)
                 .field("node_id", node_id)
-                .finish(),
+                .finish_non_exhaustive(),
         }
     }
 }
@@ -162,7 +165,7 @@ pub(crate) async fn load(
                 guard: SourceGuard::Dir(guard),
             })
         }
-        ConfigSource::Push { endpoint, node_id } => {
+        ConfigSource::Push { dial, node_id } => {
             let empty = Mesh::from_documents(&[], trust_domain)?;
             let live = Arc::new(Live::new(compile_with_state(&empty, spec, &resilience)?));
             let latest: Arc<Mutex<Option<Arc<Mesh>>>> = Arc::default();
@@ -173,12 +176,11 @@ pub(crate) async fn load(
                 target: format!("{}/{}", spec.gateway.namespace, spec.gateway.name),
                 resource_versions: Default::default(),
             };
-            let guard =
-                push::watch_push(endpoint, sub, trust_domain.into(), live.clone(), move |m| {
-                    let snapshot = compile_with_state(m, &watch_spec, &resilience)?;
-                    *lock(&keep) = Some(Arc::new(m.clone()));
-                    Ok(snapshot)
-                });
+            let guard = push::watch_push(dial, sub, trust_domain.into(), live.clone(), move |m| {
+                let snapshot = compile_with_state(m, &watch_spec, &resilience)?;
+                *lock(&keep) = Some(Arc::new(m.clone()));
+                Ok(snapshot)
+            });
             let mut status = guard.status();
             let _ = status.wait_for(|s| s.applied >= 1).await;
             let mesh = lock(&latest)
@@ -367,6 +369,8 @@ pub fn desired_statuses(
         generation: None,
         status,
     });
+    // AuthorizationPolicy / RequestAuthentication `WaypointAccepted` (see `policy_status`).
+    out.extend(mesh.map_or_else(Vec::new, |m| policy_status::policy_statuses(m, gateway)));
     out
 }
 

@@ -1,11 +1,17 @@
 #!/usr/bin/env python3
 """Checks what a rendered chart feeds the binaries (charts/test.sh runs it once per rendered scenario).
 
-  check.py waypoint|ztunnel RENDERED.yaml --values CHART/values.yaml --waypoint BIN --ztunnel BIN --work DIR
+  check.py waypoint|ztunnel|waypoint-controller RENDERED.yaml --values CHART/values.yaml --waypoint BIN
+           --ztunnel BIN --work DIR [--expect "key=value ..."]
   check.py live BIN READY_PORT STATS_PORT GRACE_S -- ARGS...     (inside `unshare -n`: run, probe, SIGTERM)
   check.py iptables SCRIPT                                        (inside `unshare -n`: run twice, one rule)
 
 Every assertion names the scenario and the object; the first failure exits 1 with the reason.
+
+RBAC: the grants bound to each pod's ServiceAccount (bindings followed to the rendered Roles/ClusterRoles) must
+equal exactly what the code needs — the watched kinds are read from crates/kube-source/src/kinds.rs, so a new
+kind there fails here until the charts grant it; a missing or an extra verb is reported by name.
+`--expect` (waypoint-controller): `image=REF`, `control-plane=on|off`, `mtls=on|off`.
 """
 import json
 import os
@@ -18,6 +24,22 @@ import time
 import urllib.request
 
 import yaml
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+RBAC_KINDS = ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding")
+# The status subresources `waypoint run --source kube` writes (get + merge patch), crates/kube-source/src/status.rs.
+WAYPOINT_STATUS = {"Gateway", "HTTPRoute", "GRPCRoute", "AuthorizationPolicy", "RequestAuthentication"}
+# Kinds a ztunnel does not watch (ztunnel/src/source.rs, node_watch_options).
+ZTUNNEL_UNWATCHED = {"HTTPRoute", "GRPCRoute"}
+# What the controller does to the objects it generates (crates/controller/src/reconcile.rs: get, create, merge
+# patch, delete; reflectors list/watch; never a replace, so no `update`).
+GENERATED_VERBS = ["get", "list", "watch", "create", "patch", "delete"]
+# The flags of subcommands a build may not have yet (then the chart is checked against this list only, and the
+# run says so): `waypoint controller`.
+SPEC_FLAGS = {
+    "controller": {"kubeconfig", "api-server", "image", "namespace", "leader-elect", "lease-namespace",
+                   "trust-domain", "log-level", "control-plane", "control-plane-identity"},
+}
 
 
 def fail(msg):
@@ -38,6 +60,105 @@ def help_flags(cmd):
     """The long flags a binary accepts, from its --help (clap's `Options:` section)."""
     out = subprocess.run(cmd + ["--help"], capture_output=True, text=True, check=True).stdout
     return {m.group(1) for m in re.finditer(r"^\s+(?:-\w, )?--([a-z0-9-]+)", out, re.M)} - {"help", "version"}
+
+
+def subcommand_flags(wp, sub, scenario):
+    """`waypoint SUB`'s flags from the binary; SPEC_FLAGS[SUB] (said out loud) when this build lacks SUB."""
+    r = subprocess.run([wp, sub, "--help"], capture_output=True, text=True)
+    if r.returncode == 0:
+        return help_flags([wp, sub]), True
+    check(sub in SPEC_FLAGS, f"{scenario}: `waypoint {sub} --help` failed:\n{r.stderr}")
+    print(f"  {scenario}: this waypoint build has no `{sub}` subcommand: its args are checked against the "
+          f"specified flags only, not against the binary")
+    return SPEC_FLAGS[sub], False
+
+
+def watched_kinds():
+    """kind → (API group, plural), from crates/kube-source/src/kinds.rs (`Kind::X => (group, ver, Kind, plural)`)."""
+    text = open(os.path.join(REPO, "crates/kube-source/src/kinds.rs")).read()
+    consts = dict(re.findall(r'const (\w+): &str = "([^"]*)";', text))
+    out = {}
+    for group, kind, plural in re.findall(
+            r'Kind::\w+\s*=>\s*\(\s*("[^"]*"|\w+),\s*"[^"]*",\s*"([^"]+)",\s*"([^"]+)",?\s*\)', text):
+        out[kind] = (group.strip('"') if group.startswith('"') else consts[group], plural)
+    check(len(out) >= 11 and "Pod" in out, f"kinds.rs: could not read the watched kinds ({sorted(out)})")
+    return out
+
+
+def watch_grants(scope, kinds):
+    return {(scope, g, plural, "*", v) for g, plural in kinds for v in ("list", "watch")}
+
+
+def lease_grants(ns, name):
+    """An election: create any Lease in `ns` (a name cannot narrow create), get/update the one named."""
+    return {(ns, "coordination.k8s.io", "leases", "*", "create")} | \
+        {(ns, "coordination.k8s.io", "leases", name, v) for v in ("get", "update")}
+
+
+def grants(scenario, by, sa_ns, sa_name):
+    """What the rendered RBAC grants ServiceAccount sa_ns/sa_name: {(scope, group, resource, name, verb)}, scope
+    `*` through a ClusterRoleBinding, else the RoleBinding's namespace; name `*` without resourceNames."""
+    roles = {(r["kind"], r["metadata"].get("namespace") if r["kind"] == "Role" else None, r["metadata"]["name"]): r
+             for k in ("Role", "ClusterRole") for r in by.get(k, [])}
+    out = set()
+    for b in by.get("ClusterRoleBinding", []) + by.get("RoleBinding", []):
+        bname = f"{b['kind']} {b['metadata']['name']}"
+        subjects = b.get("subjects") or []
+        if not any(s.get("kind") == "ServiceAccount" and s.get("name") == sa_name and s.get("namespace") == sa_ns
+                   for s in subjects):
+            continue
+        ref = b["roleRef"]
+        check(ref.get("apiGroup") == "rbac.authorization.k8s.io", f"{scenario}: {bname}: roleRef apiGroup")
+        scope = "*" if b["kind"] == "ClusterRoleBinding" else b["metadata"]["namespace"]
+        check(b["kind"] == "RoleBinding" or ref["kind"] == "ClusterRole", f"{scenario}: {bname} refers to a Role")
+        key = (ref["kind"], scope if ref["kind"] == "Role" else None, ref["name"])
+        role = roles.get(key)
+        check(role is not None, f"{scenario}: {bname} refers to {key[0]} {key[1] or ''}/{key[2]}, not rendered")
+        for rule in role.get("rules") or []:
+            for g in rule.get("apiGroups") or []:
+                for res in rule.get("resources") or []:
+                    for name in rule.get("resourceNames") or ["*"]:
+                        out |= {(scope, g, res, name, v) for v in rule.get("verbs") or []}
+    return out
+
+
+def rbac_exact(scenario, by, sa_ns, sa_name, want):
+    """The ServiceAccount is rendered, and what is bound to it is exactly `want`: every missing and every extra
+    grant is named."""
+    check(any(s["metadata"]["name"] == sa_name and s["metadata"].get("namespace") == sa_ns
+              for s in by.get("ServiceAccount", [])), f"{scenario}: ServiceAccount {sa_ns}/{sa_name} not rendered")
+    got = grants(scenario, by, sa_ns, sa_name)
+    fmt = lambda gs: ", ".join(f"{v} {g or 'core'}/{r}{'' if n == '*' else ' ' + n} in {s}"
+                               for s, g, r, n, v in sorted(gs))
+    check(not want - got, f"{scenario}: RBAC of {sa_ns}/{sa_name} is missing: {fmt(want - got)}")
+    check(not got - want, f"{scenario}: RBAC of {sa_ns}/{sa_name} grants more than the code needs: "
+          f"{fmt(got - want)}")
+    print(f"  {scenario}: RBAC of {sa_ns}/{sa_name}: exactly the {len(want)} grants needed")
+
+
+def only_subjects(scenario, by, allowed):
+    """Every rendered binding binds only these ServiceAccounts (ns, name): a binding's subject is the chart's SA."""
+    for b in by.get("ClusterRoleBinding", []) + by.get("RoleBinding", []):
+        for sub in b.get("subjects") or []:
+            who = (sub.get("namespace"), sub.get("name"))
+            check(sub.get("kind") == "ServiceAccount" and who in allowed,
+                  f"{scenario}: {b['kind']} {b['metadata']['name']} binds {sub.get('kind')} {who[0]}/{who[1]}, "
+                  f"not the chart's ServiceAccount ({sorted(allowed)})")
+
+
+def no_rbac(scenario, by, why):
+    found = [f"{k} {o['metadata']['name']}" for k in RBAC_KINDS for o in by.get(k, [])]
+    check(not found, f"{scenario}: RBAC rendered {why}: {found}")
+
+
+def hardened(scenario, pod, c):
+    """Non-root, read-only root filesystem, no privilege escalation, every capability dropped."""
+    sc = {**pod["spec"].get("securityContext", {}), **c.get("securityContext", {})}
+    check(sc.get("runAsNonRoot") is True and sc.get("runAsUser", 0) != 0, f"{scenario}: {c['name']} may run as root")
+    check(sc.get("readOnlyRootFilesystem") is True, f"{scenario}: {c['name']}: root filesystem writable")
+    check(sc.get("allowPrivilegeEscalation") is False, f"{scenario}: {c['name']}: privilege escalation allowed")
+    check(sc.get("capabilities", {}).get("drop") == ["ALL"] and not sc["capabilities"].get("add"),
+          f"{scenario}: {c['name']}: capabilities not all dropped")
 
 
 def parse_args(args):
@@ -216,6 +337,8 @@ def check_waypoint(scenario, path, values, wp, work):
     # clap parses every value (addresses, ports, durations, booleans) before --help returns.
     run_ok([wp, "run"] + c["args"][1:] + ["--help"], f"{scenario}: rendered args")
     ready, stats, grace = pod_checks(scenario, pod, c, flags, "5s")
+    hardened(scenario, pod, c)
+    source = flags.get("source", "dir")
     hbone = port_of(flags.get("listen"), 15008)
     check(hbone in {p["containerPort"] for p in c["ports"]}, f"{scenario}: no containerPort {hbone} (--listen)")
     # The Gateway: our loader's class, HBONE listener on --listen's port, and it is the one --gateway names.
@@ -237,6 +360,30 @@ def check_waypoint(scenario, path, values, wp, work):
     for p in pdb:
         sel = p["spec"]["selector"]["matchLabels"]
         check(all(labels.get(k) == v for k, v in sel.items()), f"{scenario}: PDB selects no waypoint pod")
+    # RBAC: exactly what `--source kube` needs, bound to the pod's ServiceAccount; none in dir and push modes.
+    if source == "kube":
+        kinds = watched_kinds()
+        check(WAYPOINT_STATUS <= kinds.keys(), f"{scenario}: status kinds {WAYPOINT_STATUS - kinds.keys()} unknown")
+        want = watch_grants("*", kinds.values())
+        want |= {("*", g, f"{plural}/status", "*", v) for k, (g, plural) in kinds.items() if k in WAYPOINT_STATUS
+                 for v in ("get", "patch")}
+        if flags.get("leader-elect", "true") == "true":
+            want |= lease_grants(ns, f"{name}-waypoint-status")
+            pod_name = {e["name"]: e for e in c.get("env", [])}.get("POD_NAME", {})
+            check(pod_name.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name",
+                  f"{scenario}: --leader-elect without POD_NAME from metadata.name (the Lease holder)")
+        rbac_exact(scenario, by, ns, pod["spec"]["serviceAccountName"], want)
+        only_subjects(scenario, by, {(ns, pod["spec"]["serviceAccountName"])})
+    else:
+        no_rbac(scenario, by, f"with --source {source}")
+    if source != "dir":
+        check("manifests" not in flags, f"{scenario}: --manifests passed with --source {source}")
+        check(not any("configMap" in v for v in pod["spec"]["volumes"]), f"{scenario}: a ConfigMap mounted with "
+              f"--source {source}")
+        check(source != "push" or flags.get("control-plane"), f"{scenario}: --source push without --control-plane")
+        print(f"  {scenario}: {len(pairs)} args accepted; --source {source}: not loaded nor run here (needs "
+              f"{'an API server' if source == 'kube' else 'a control plane'})")
+        return
     # The pod's filesystem as mounted, with a development CA's certificate for the waypoint's identity.
     root = os.path.join(work, "root")
     dev_certs(wp, os.path.join(work, "ca"), [f"{ns}/{name}"])
@@ -275,6 +422,21 @@ def check_ztunnel(scenario, path, values, wp, zt, work):
     one_to_one(scenario, values, {"manifests", "certs", "node"}, accepted)
     run_ok([zt] + args + ["--help"], f"{scenario}: rendered args")
     ready, stats, grace = pod_checks(scenario, pod, c, flags, "5s")
+    hardened(scenario, pod, c)
+    source = flags.get("source", "dir")
+    sa = pod["spec"].get("serviceAccountName")
+    check(sa, f"{scenario}: the DaemonSet names no serviceAccountName")
+    ns = ds["metadata"]["namespace"]
+    if source == "kube":
+        kinds = watched_kinds()
+        check(ZTUNNEL_UNWATCHED <= kinds.keys(), f"{scenario}: unwatched kinds {ZTUNNEL_UNWATCHED} unknown")
+        rbac_exact(scenario, by, ns, sa, watch_grants("*", [v for k, v in kinds.items()
+                                                             if k not in ZTUNNEL_UNWATCHED]))
+        only_subjects(scenario, by, {(ns, sa)})
+    else:
+        check(any(s["metadata"]["name"] == sa for s in by.get("ServiceAccount", [])),
+              f"{scenario}: ServiceAccount {sa} not rendered")
+        no_rbac(scenario, by, f"with --source {source}")
     init = pod["spec"].get("initContainers", [])
     if "redirect" in flags:
         (ipt,) = init
@@ -305,10 +467,162 @@ def check_ztunnel(scenario, path, values, wp, zt, work):
     for i in ids:
         for f in ("cert.pem", "key.pem"):
             check(os.path.isfile(os.path.join(certs, i, f)), f"{scenario}: {i}/{f} not where ztunnel reads it")
+    if source != "dir":
+        check("manifests" not in flags, f"{scenario}: --manifests passed with --source {source}")
+        check(not any("configMap" in v for v in pod["spec"]["volumes"]), f"{scenario}: a ConfigMap mounted with "
+              f"--source {source}")
+        check(source != "push" or flags.get("control-plane"), f"{scenario}: --source push without --control-plane")
+        if source == "push" and flags["control-plane"].startswith("https://"):
+            me = flags.get("identity", "istio-system/ztunnel")
+            check(me in ids, f"{scenario}: --identity {me} (presented to the control plane) has no certificate in "
+                  f"certs.identities {ids}")
+        print(f"  {scenario}: {len(pairs)} args accepted; --source {source}: not loaded nor run here (needs "
+              f"{'an API server' if source == 'kube' else 'a control plane'})")
+        return
     out = run_ok([wp, "check", "--manifests", dict(parse_args(args))["manifests"], "--json"],
                  f"{scenario}: the mounted manifests load", {**os.environ, "RUST_LOG": "error"})
     print(f"  {scenario}: {len(pairs)} args accepted; {len(json.loads(out))} route status(es) in the mounted config")
     live(scenario, zt, args, ready, stats, grace)
+
+
+def container_of(by, sub):
+    """The Deployments whose single container runs `waypoint SUB`."""
+    out = []
+    for d in by.get("Deployment", []):
+        (c,) = d["spec"]["template"]["spec"]["containers"]
+        if c.get("args", [None])[0] == sub:
+            out.append((d, d["spec"]["template"], c))
+    return out
+
+
+def flags_checked(scenario, wp, sub, c, values_flags, chart_set):
+    """The container runs `waypoint SUB --flag=value…`: every flag accepted, values ↔ flags one to one, and
+    (when the build has SUB) clap parses every value."""
+    check(c["command"] == ["/usr/local/bin/waypoint"], f"{scenario}: {sub}: command {c['command']}")
+    pairs = parse_args(c["args"][1:])
+    accepted, real = subcommand_flags(wp, sub, scenario)
+    unknown = {k for k, _ in pairs} - accepted
+    check(not unknown, f"{scenario}: flags `waypoint {sub}` does not accept: {sorted(unknown)}")
+    mapped = {kebab(k) for k in values_flags} | chart_set
+    check(mapped == accepted, f"{scenario}: {sub}: values ↔ flags differ: only in values {sorted(mapped - accepted)}, "
+          f"only in the binary {sorted(accepted - mapped)}")
+    if real:
+        run_ok([wp, sub] + c["args"][1:] + ["--help"], f"{scenario}: rendered `{sub}` args")
+    return dict(pairs), pairs
+
+
+def secret_mounted(scenario, pod, c, path):
+    """`path` is an item of a Secret volume mounted in `c`."""
+    volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
+    for m in c.get("volumeMounts") or []:
+        v = volumes.get(m["name"], {})
+        if "secret" in v and path.startswith(m["mountPath"] + "/"):
+            items = {i["path"] for i in v["secret"].get("items", [])}
+            check(path[len(m["mountPath"]) + 1:] in items, f"{scenario}: {path} is not an item of secret "
+                  f"{v['secret']['secretName']}")
+            return v["secret"]["secretName"]
+    fail(f"{scenario}: {path} is on no mounted Secret")
+
+
+def check_controller(scenario, path, values_path, wp, work, expect):
+    by = objects(path)
+    values = yaml.safe_load(open(values_path))
+    ctl = container_of(by, "controller")
+    check(len(ctl) == 1, f"{scenario}: expected one Deployment running `waypoint controller`, found {len(ctl)}")
+    ((dep, pod, c),) = ctl
+    ns = dep["metadata"]["namespace"]
+    flags, pairs = flags_checked(scenario, wp, "controller", c, values["flags"], {"image", "lease-namespace"})
+    hardened(scenario, pod, c)
+    check(flags.get("image") == expect["image"], f"{scenario}: --image {flags.get('image')} != {expect['image']}")
+    sa = pod["spec"]["serviceAccountName"]
+    scope = flags.get("namespace") or "*"
+    want = {(scope, "gateway.networking.k8s.io", "gateways", "*", v) for v in ("get", "list", "watch")}
+    want |= {(scope, "gateway.networking.k8s.io", "gateways/status", "*", v) for v in ("get", "patch")}
+    want |= {(scope, g, r, "*", v) for g, r in (("apps", "deployments"), ("", "services"), ("", "serviceaccounts"))
+             for v in GENERATED_VERBS}
+    if flags.get("leader-elect", "true") == "true":
+        want |= lease_grants(flags["lease-namespace"], "waypoint-controller")
+        pod_name = {e["name"]: e for e in c.get("env", [])}.get("POD_NAME", {})
+        check(pod_name.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name",
+              f"{scenario}: --leader-elect without POD_NAME from metadata.name (the Lease holder)")
+    rbac_exact(scenario, by, ns, sa, want)
+    allowed = {(ns, sa)}
+    print(f"  {scenario}: controller: {len(pairs)} args accepted, --image={flags['image']}")
+
+    cps = container_of(by, "control-plane")
+    services = by.get("Service", [])
+    if expect["control-plane"] == "off":
+        check(not cps and not services, f"{scenario}: a control plane rendered while controlPlane.enabled is off")
+        check(expect["mtls"] == "off", f"{scenario}: --expect mtls=on without a control plane")
+        # No control plane (and none named in values): the generated waypoints run --source kube.
+        for f in ("control-plane", "control-plane-identity"):
+            check(f not in flags, f"{scenario}: --{f}={flags.get(f)} without a control plane")
+        print(f"  {scenario}: generated waypoints: --source kube (no --control-plane)")
+        only_subjects(scenario, by, allowed)
+        return
+    check(len(cps) == 1, f"{scenario}: expected one control-plane Deployment, found {len(cps)}")
+    ((cdep, cpod, cc),) = cps
+    cflags, cpairs = flags_checked(scenario, wp, "control-plane", cc, values["controlPlane"]["flags"],
+                                   {"manifests", "cert", "key", "ca"})
+    hardened(scenario, cpod, cc)
+    grpc = port_of(cflags.get("listen"), 15010)
+    port_names = {p["name"]: p["containerPort"] for p in cc["ports"]}
+    check(grpc in port_names.values(), f"{scenario}: no containerPort {grpc} (--listen)")
+    for probe in ("readinessProbe", "startupProbe"):
+        target = cc.get(probe, {}).get("tcpSocket", {}).get("port")
+        check(port_names.get(target, target) == grpc, f"{scenario}: control plane {probe} not on --listen {grpc}")
+    (svc,) = [s for s in services if s["metadata"]["name"] == cdep["metadata"]["name"]] or [None]
+    check(svc is not None, f"{scenario}: no Service for the control plane")
+    labels = cpod["metadata"]["labels"]
+    check(all(labels.get(k) == v for k, v in svc["spec"]["selector"].items()), f"{scenario}: Service selects "
+          f"no control-plane pod")
+    for p in svc["spec"]["ports"]:
+        check(port_names.get(p["targetPort"], p["targetPort"]) == grpc, f"{scenario}: Service targets "
+              f"{p['targetPort']}, not --listen {grpc}")
+    certs = [f for f in ("cert", "key", "ca") if f in cflags]
+    if expect["mtls"] == "on":
+        check(len(certs) == 3, f"{scenario}: mTLS expected but only {certs} passed")
+        secrets = {secret_mounted(scenario, cpod, cc, cflags[f]) for f in certs}
+        print(f"  {scenario}: control plane: mTLS from secret {', '.join(secrets)}")
+    else:
+        check(not certs, f"{scenario}: {certs} passed without a certs Secret")
+        check(not any("secret" in v for v in cpod["spec"].get("volumes", [])), f"{scenario}: a Secret mounted "
+              f"without certs set")
+    csa = cpod["spec"]["serviceAccountName"]
+    # The generated waypoints are fed by this control plane: --control-plane is its Service (https iff mTLS),
+    # and over https --control-plane-identity is its ServiceAccount's SPIFFE id in its trust domain.
+    scheme = "https" if expect["mtls"] == "on" else "http"
+    want_url = f"{scheme}://{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc:{svc['spec']['ports'][0]['port']}"
+    check(flags.get("control-plane") == want_url, f"{scenario}: controller --control-plane={flags.get('control-plane')} "
+          f"is not the chart's control plane Service {want_url}")
+    want_id = (f"spiffe://{cflags.get('trust-domain', 'cluster.local')}/ns/{cdep['metadata']['namespace']}/sa/{csa}"
+               if scheme == "https" else None)
+    check(flags.get("control-plane-identity") == want_id, f"{scenario}: controller --control-plane-identity="
+          f"{flags.get('control-plane-identity')} is not the control plane's identity {want_id}")
+    print(f"  {scenario}: generated waypoints: --source push from {want_url}"
+          + (f" ({want_id})" if want_id else ""))
+    allowed.add((ns, csa))
+    source = cflags.get("source", "kube")
+    if source == "kube":
+        rbac_exact(scenario, by, ns, csa, watch_grants("*", watched_kinds().values()))
+        check("manifests" not in cflags, f"{scenario}: --manifests passed with --source kube")
+    else:
+        rbac_exact(scenario, by, ns, csa, set())
+        root = os.path.join(work, "root")
+        placeholder = os.path.join(work, "placeholder.pem")  # the Secret's content is not read by `check`
+        open(placeholder, "w").close()
+        keys = {i["key"] for v in cpod["spec"]["volumes"] if "secret" in v for i in v["secret"]["items"]}
+        mounts = mount_tree(scenario, cpod, cc, by, root, {k: placeholder for k in keys})
+        manifests = dict(parse_args(rebase(cc["args"][1:], mounts, root)))["manifests"]
+        # `check` exits 1 when a route is not Accepted (no Gateway here binds it), 2 when the folder does not load.
+        r = subprocess.run([wp, "check", "--manifests", manifests, "--json"], capture_output=True, text=True,
+                           env={**os.environ, "RUST_LOG": "error"})
+        check(r.returncode in (0, 1), f"{scenario}: the control plane's mounted manifests do not load "
+              f"(`waypoint check` exited {r.returncode}):\n{r.stdout}{r.stderr}")
+        print(f"  {scenario}: control plane: the mounted config loads ({len(json.loads(r.stdout))} route status(es))")
+    only_subjects(scenario, by, allowed)
+    print(f"  {scenario}: control plane: {len(cpairs)} args accepted, Service :{svc['spec']['ports'][0]['port']} "
+          f"→ --listen {grpc}; not run here")
 
 
 def main(argv):
@@ -324,7 +638,11 @@ def main(argv):
     work = opts["--work"]
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
-    if kind == "waypoint":
+    if kind == "waypoint-controller":
+        expect = {"image": None, "control-plane": "off", "mtls": "off"}
+        expect.update(w.split("=", 1) for w in opts.get("--expect", "").split())
+        check_controller(scenario, rendered, opts["--values"], opts["--waypoint"], work, expect)
+    elif kind == "waypoint":
         check_waypoint(scenario, rendered, opts["--values"], opts["--waypoint"], work)
     else:
         check_ztunnel(scenario, rendered, opts["--values"], opts["--waypoint"], opts["--ztunnel"], work)

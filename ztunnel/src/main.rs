@@ -4,6 +4,7 @@
 //! ```text
 //! ztunnel --manifests deploy/ --certs certs/ --node node-a --socks5 127.0.0.1:15080
 //! ztunnel --source kube --certs certs/ --node "$NODE_NAME"     # config from the API server
+//! ztunnel --source push --control-plane https://cp:15010 --certs certs/ --node "$NODE_NAME"
 //! curl --socks5-hostname 127.0.0.1:15080 http://echo.demo.svc.cluster.local/
 //! ```
 
@@ -22,15 +23,30 @@ use ztunnel::{NodeConfig, Ztunnel};
 enum Source {
     Dir,
     Kube,
+    /// A push control plane (`--control-plane`).
+    Push,
 }
 
 /// A minimal ambient node proxy: SOCKS5 and redirect capture out, HBONE in and out.
 #[derive(Debug, Parser)]
 #[command(name = "ztunnel", version)]
 struct Args {
-    /// Where the config comes from: `dir` (the `--manifests` folder) or `kube` (the Kubernetes API server).
+    /// Where the config comes from: `dir` (the `--manifests` folder), `kube` (the Kubernetes API server) or
+    /// `push` (a push control plane, `--control-plane`).
     #[arg(long, env = "ZT_SOURCE", value_enum, default_value_t = Source::Dir)]
     source: Source,
+    /// `--source push`: the control plane, `https://host:15010` (mutual TLS as `--identity`) or `http://…`
+    /// (plaintext, development only).
+    #[arg(long, env = "ZT_CONTROL_PLANE", required_if_eq("source", "push"))]
+    control_plane: Option<String>,
+    /// `--source push` over https: the identity the control plane must present (default
+    /// `spiffe://<td>/ns/istio-system/sa/waypoint-control-plane`).
+    #[arg(long, env = "ZT_CONTROL_PLANE_IDENTITY")]
+    control_plane_identity: Option<String>,
+    /// `--source push` over https: this ztunnel's own identity `namespace/service-account`, whose certificate
+    /// under `--certs` it presents to the control plane.
+    #[arg(long, env = "ZT_IDENTITY", default_value = "istio-system/ztunnel")]
+    identity: String,
     /// Manifests directory (watched and hot-swapped); required with `--source dir`.
     #[arg(long, env = "ZT_MANIFESTS", required_if_eq("source", "dir"))]
     manifests: Option<PathBuf>,
@@ -99,6 +115,8 @@ async fn main() -> anyhow::Result<()> {
         reuse_port: args.reuse_port,
         log: Some(log),
     };
+    // The certificate presented to the control plane, re-read on rotation while this lives.
+    let mut cert_watch = None;
     let source = match (args.source, &args.manifests) {
         (Source::Kube, _) => {
             let client =
@@ -106,6 +124,13 @@ async fn main() -> anyhow::Result<()> {
             let watch = node_watch_options(args.node.as_deref(), args.pods_on_node_only);
             NodeSource::Kube { client, watch }
         }
+        (Source::Push, _) => NodeSource::Push {
+            dial: push_dial(&args, &mut cert_watch)?,
+            node_id: args
+                .node
+                .clone()
+                .unwrap_or_else(ztunnel::source::pod_identity),
+        },
         (Source::Dir, Some(dir)) => NodeSource::Dir(dir.clone()),
         (Source::Dir, None) => anyhow::bail!("--manifests is required with --source dir"),
     };
@@ -129,6 +154,42 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(timeout = ?args.drain_timeout, "signal received; draining");
     zt.shutdown_within(args.drain_timeout).await;
     Ok(())
+}
+
+/// The control plane to dial: over https with this ztunnel's own certificate (`--identity` under `--certs`,
+/// watched for rotation through `cert_watch`).
+fn push_dial(
+    args: &Args,
+    cert_watch: &mut Option<mesh::identity::WatchGuard>,
+) -> anyhow::Result<push::Dial> {
+    use anyhow::Context as _;
+    let url = args
+        .control_plane
+        .clone()
+        .context("--control-plane is required with --source push")?;
+    if !url.starts_with("https://") {
+        return Ok(push::Dial::new(url, None));
+    }
+    let (ns, sa) = args
+        .identity
+        .split_once('/')
+        .context("--identity must be namespace/service-account")?;
+    let own = mesh::identity::Identity::new(&args.trust_domain, ns, sa);
+    let paths = mesh::devca::workload_paths(&args.certs, &own);
+    let certs = mesh::identity::CertStore::load(&paths)
+        .with_context(|| format!("the certificate of {own} under {}", args.certs.display()))?;
+    *cert_watch = Some(certs.watch(paths));
+    let control_plane = match &args.control_plane_identity {
+        Some(id) => id.parse().context("--control-plane-identity")?,
+        None => push::tls::default_control_plane_identity(&args.trust_domain),
+    };
+    Ok(push::Dial::new(
+        url,
+        Some(push::ClientTls {
+            certs,
+            control_plane,
+        }),
+    ))
 }
 
 async fn wait_for_signal() -> std::io::Result<()> {

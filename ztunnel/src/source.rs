@@ -1,6 +1,7 @@
 //! Where a ztunnel's config comes from: a manifests folder ([`NodeSource::Dir`], watched with
-//! [`mesh::config::watch_dir`]) or the Kubernetes API server ([`NodeSource::Kube`], watched with
-//! [`kube_source::watch_api`]) — the same compile-and-swap path into one [`Live<NodeView>`].
+//! [`mesh::config::watch_dir`]), the Kubernetes API server ([`NodeSource::Kube`], watched with
+//! [`kube_source::watch_api`]) or a push control plane ([`NodeSource::Push`], [`push::watch_push`] as the
+//! ztunnel target) — the same compile-and-swap path into one [`Live<NodeView>`].
 //!
 //! From the API server a ztunnel watches what a node proxy needs ([`node_watch_options`]): no routes, and,
 //! when asked, only its node's Pods (`spec.nodeName` field selector) — per-node full watches are what
@@ -28,6 +29,14 @@ pub enum NodeSource {
         client: kube::Client,
         watch: WatchOptions,
     },
+    /// A push control plane (`waypoint control-plane`): what every ztunnel needs, as versioned incremental
+    /// updates; one that does not compile is NACKed and the last good view keeps serving.
+    Push {
+        /// The control plane's URL and, for `https://`, this ztunnel's certificate and the identity to expect.
+        dial: push::Dial,
+        /// This instance (NACKs are remembered per node id).
+        node_id: String,
+    },
 }
 
 impl std::fmt::Debug for NodeSource {
@@ -37,6 +46,11 @@ impl std::fmt::Debug for NodeSource {
             NodeSource::Kube { watch, .. } => f
                 .debug_struct("Kube")
                 .field("watch", watch)
+                .finish_non_exhaustive(),
+            NodeSource::Push { dial, node_id } => f
+                .debug_struct("Push")
+                .field("url", &dial.url)
+                .field("node_id", node_id)
                 .finish_non_exhaustive(),
         }
     }
@@ -98,6 +112,7 @@ pub fn pod_identity() -> String {
 pub enum ConfigGuard {
     Dir(config::live::WatchGuard),
     Kube(ApiWatchGuard),
+    Push(push::PushGuard),
 }
 
 /// Loads the first view (failing when there is none: no last good config yet) and starts watching. From the
@@ -145,6 +160,24 @@ pub(crate) async fn load(
                 bail!("the config from the API server does not compile: {why}");
             }
             Ok((live, ConfigGuard::Kube(guard)))
+        }
+        NodeSource::Push { dial, node_id } => {
+            let empty = Mesh::from_documents(&[], trust_domain)?;
+            let live = Arc::new(Live::new(compile(&empty)?));
+            let sub = push::proto::Subscribe {
+                node_id,
+                kind: push::proto::SubscriberKind::Ztunnel as i32,
+                target: String::new(),
+                resource_versions: Default::default(),
+            };
+            let guard = push::watch_push(dial, sub, trust_domain.into(), live.clone(), compile);
+            // The first view must come from the control plane (`watch_push` logs each failed attempt).
+            guard
+                .status()
+                .wait_for(|s| s.applied >= 1)
+                .await
+                .context("the push source stopped before the first config")?;
+            Ok((live, ConfigGuard::Push(guard)))
         }
     }
 }

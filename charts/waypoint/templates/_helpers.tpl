@@ -68,3 +68,17 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end }}
 {{- end }}
 {{- end -}}
+
+{{/* flags.source, checked: dir (default) | kube | push. */}}
+{{- define "waypoint.source" -}}
+{{- $s := .Values.flags.source | default "dir" | toString -}}
+{{- if not (has $s (list "dir" "kube" "push")) -}}
+{{- fail (printf "flags.source must be dir, kube or push, not %q" $s) -}}
+{{- end -}}
+{{- $s -}}
+{{- end -}}
+
+{{/* Whether the waypoint campaigns for the status Lease (flags.leaderElect; null is the binary's default, true). */}}
+{{- define "waypoint.leaderElect" -}}
+{{- if or (kindIs "invalid" .Values.flags.leaderElect) (eq (toString .Values.flags.leaderElect) "true") -}}true{{- end -}}
+{{- end -}}

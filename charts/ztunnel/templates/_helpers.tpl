@@ -46,3 +46,16 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end }}
 {{- end }}
 {{- end -}}
+
+{{/* flags.source, checked: dir (default) | kube | push. */}}
+{{- define "ztunnel.source" -}}
+{{- $s := .Values.flags.source | default "dir" | toString -}}
+{{- if not (has $s (list "dir" "kube" "push")) -}}
+{{- fail (printf "flags.source must be dir, kube or push, not %q" $s) -}}
+{{- end -}}
+{{- $s -}}
+{{- end -}}
+
+{{- define "ztunnel.serviceAccount" -}}
+{{- .Values.serviceAccount.name | default .Release.Name -}}
+{{- end -}}

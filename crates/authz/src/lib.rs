@@ -8,6 +8,7 @@
 //! - [`policy`]: compiled policies and their evaluation at either tier.
 //! - [`jwt`]: RequestAuthentication (JWT verification, JWKS fetch and refresh).
 //! - [`ext`]: the CUSTOM action's external authorizer client.
+//! - [`report`]: what of a policy a waypoint enforces, as its `WaypointAccepted` status condition.
 //!
 //! Nothing here trusts a header for identity: the source principal comes from the HBONE peer certificate, the
 //! request principal only from a JWT this crate verified.
@@ -18,3 +19,4 @@ pub mod jwt;
 pub mod model;
 pub mod path;
 pub mod policy;
+pub mod report;

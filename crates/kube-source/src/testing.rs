@@ -1,6 +1,9 @@
 //! A fake Kubernetes API server for tests (feature `testing`): a real hyper HTTP/1.1 server on `127.0.0.1:0`
-//! that speaks the list/watch protocol for every [`Kind`] plus `coordination.k8s.io/v1` Leases, and records the
-//! requests it answers.
+//! that speaks the list/watch protocol for every [`Kind`] plus [`EXTRA_RESOURCES`] (`coordination.k8s.io/v1`
+//! Leases, `apps/v1` Deployments, `v1` ServiceAccounts), and records the requests it answers.
+//!
+//! Like an API server without controllers: no garbage collector (ownerReferences are stored, never acted on)
+//! and no Service clusterIP allocator (a test sets `spec.clusterIP` with [`FakeApiServer::apply`]).
 //!
 //! - list: the current objects with the current `resourceVersion` (one global counter, as etcd's), label and
 //!   field selectors (equality-based) honoured; `limit` is ignored (one page).
@@ -33,7 +36,7 @@ use tokio::task::JoinHandle;
 
 use crate::kinds::Kind;
 use http::Shared;
-pub use state::{Recorded, Resource};
+pub use state::{Recorded, Resource, EXTRA_RESOURCES};
 
 /// What the fake server refused.
 #[derive(Debug, thiserror::Error)]
@@ -303,6 +306,6 @@ pub fn served_kinds() -> Vec<&'static str> {
     Kind::ALL
         .iter()
         .map(|k| k.name())
-        .chain(["Lease"])
+        .chain(EXTRA_RESOURCES.map(|(_, kind, _)| kind))
         .collect()
 }

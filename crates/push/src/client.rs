@@ -4,6 +4,9 @@
 //! stored in the [`Live`], failure is NACKed and recorded with [`Live::set_error`] while the last good snapshot
 //! keeps serving. When the stream breaks it reconnects with jittered exponential backoff, reporting the versions
 //! it holds so that only the difference is sent.
+//!
+//! Both take a [`Dial`]: a plain `http://` URL (a `String` converts), or `https://` with the subscriber's own
+//! certificate and the control-plane identity to expect ([`crate::tls`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -17,6 +20,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 use waypoint_proto::push::v1 as pb;
 use waypoint_proto::push::v1::push_client::PushClient;
+
+pub use crate::tls::{ClientTls, Dial};
 
 pub use pb::{Subscribe, SubscriberKind};
 
@@ -84,20 +89,16 @@ pub struct Subscription {
     held: DocumentSet,
 }
 
-/// Connects to `endpoint` (`http://host:port`) and subscribes, reporting the versions of `held` (empty for a
-/// first start). Errors are connection failures or the server's refusal (a bad `Subscribe`).
+/// Connects to `endpoint` (`http://host:port`, or `https://` with a [`Dial`]'s credentials) and subscribes,
+/// reporting the versions of `held` (empty for a first start). Errors are connection failures (including a
+/// failed TLS handshake) or the server's refusal (a bad `Subscribe`, `PermissionDenied` for an identity that
+/// may not subscribe for that target).
 pub async fn subscribe(
-    endpoint: &str,
+    endpoint: impl Into<Dial>,
     mut sub: pb::Subscribe,
     held: DocumentSet,
 ) -> Result<Subscription, Status> {
-    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
-        .map_err(|e| Status::invalid_argument(e.to_string()))?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .map_err(|e| Status::unavailable(format!("cannot connect to {endpoint}: {e}")))?;
+    let channel = crate::tls::channel(&endpoint.into()).await?;
     let mut client = PushClient::new(channel).max_decoding_message_size(256 << 20);
     sub.resource_versions = held.versions();
     let (outbound, rx) = mpsc::channel(4);
@@ -209,7 +210,7 @@ impl Drop for PushGuard {
 /// doc), until the guard is dropped. Runs on the current Tokio runtime when there is one, else on a thread of
 /// its own.
 pub fn watch_push<T, F>(
-    endpoint: String,
+    endpoint: impl Into<Dial>,
     sub: pb::Subscribe,
     trust_domain: String,
     live: Arc<Live<T>>,
@@ -222,7 +223,7 @@ where
     let (stop, stop_rx) = watch::channel(false);
     let (status_tx, status) = watch::channel(PushStatus::default());
     let run = run(
-        endpoint,
+        endpoint.into(),
         sub,
         trust_domain,
         live,
@@ -255,7 +256,7 @@ where
 }
 
 async fn run<T, F>(
-    endpoint: String,
+    endpoint: Dial,
     sub: pb::Subscribe,
     trust_domain: String,
     live: Arc<Live<T>>,
@@ -271,7 +272,7 @@ async fn run<T, F>(
     let mut backoff = Duration::from_millis(100);
     loop {
         let session = async {
-            let mut s = subscribe(&endpoint, sub.clone(), held.clone()).await?;
+            let mut s = subscribe(endpoint.clone(), sub.clone(), held.clone()).await?;
             status.send_modify(|st| {
                 st.connected = true;
                 st.connects += 1;
@@ -337,9 +338,13 @@ async fn run<T, F>(
             _ = stop.wait_for(|s| *s) => return,
         };
         status.send_modify(|st| st.connected = false);
+        let url = &endpoint.url;
         match ended {
-            Ok(()) => tracing::info!(%endpoint, "push: stream ended; reconnecting"),
-            Err(e) => tracing::warn!(%endpoint, error = %e, "push: stream failed; reconnecting"),
+            Ok(()) => tracing::info!(%url, "push: stream ended; reconnecting"),
+            Err(e) => {
+                tracing::warn!(%url, error = %e, "push: stream failed; reconnecting");
+                status.send_modify(|st| st.last_error = Some(e.message().to_string()));
+            }
         }
         let delay = backoff.mul_f64(0.5 + fastrand::f64());
         backoff = (backoff * 2).min(Duration::from_secs(5));

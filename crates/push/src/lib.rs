@@ -10,6 +10,8 @@
 //! - [`client`]: [`client::subscribe`] (the raw stream) and [`client::watch_push`], a config source with the
 //!   same contract as `mesh::config::watch_dir`: compile-and-swap into a `Live`, NACK (keeping the last good
 //!   config) when the compile fails, reconnect with backoff and resume from the versions held.
+//! - [`tls`]: mutual TLS on the tier ([`ControlPlane::serve_tls`], [`client::Dial`]) and the identity rules
+//!   ([`tls::authorize`]): who may subscribe for what, decided by the verified peer certificate only.
 //!
 //! A NACK is remembered per node id in the control plane's memory: after a control-plane restart a subscriber
 //! that rejected a set may receive it once more (and reject it again).
@@ -18,8 +20,10 @@ pub mod client;
 pub mod resources;
 pub mod select;
 pub mod server;
+pub mod tls;
 
-pub use client::{watch_push, DocumentSet, PushGuard, PushStatus, Subscription};
+pub use client::{watch_push, ClientTls, Dial, DocumentSet, PushGuard, PushStatus, Subscription};
 pub use select::Target;
 pub use server::{ControlPlane, NodeStats, Stats};
+pub use tls::Access;
 pub use waypoint_proto::push::v1 as proto;

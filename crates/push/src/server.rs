@@ -7,6 +7,11 @@
 //! subscriber's; a NACK leaves its versions as they were, is counted and logged, and the rejected set (by
 //! digest) is remembered per node id, so the same bad versions are not sent again — the next different config
 //! is. A subscriber whose subset did not change is marked in sync without a message.
+//!
+//! Served with [`ControlPlane::serve_tls`], every stream carries the client's verified SPIFFE identity and a
+//! `Subscribe` is authorized by that identity alone ([`crate::tls::authorize`]); a refusal is
+//! `PermissionDenied`, logged and counted ([`Stats::denied`]). [`ControlPlane::serve`] is plaintext and
+//! authorizes nothing (tests, development).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -23,6 +28,7 @@ use waypoint_proto::push::v1::push_server::{Push, PushServer};
 
 use crate::resources::{self, diff, version_string, DocSet, DocumentError, Subset, Versions};
 use crate::select::Target;
+use crate::tls::{self, Access};
 
 /// Counters of one subscriber (by node id), kept after it disconnects.
 #[derive(Clone, Debug, Default)]
@@ -52,6 +58,11 @@ pub struct Stats {
     pub bytes_sent: u64,
     pub acks: u64,
     pub nacks: u64,
+    /// Subscriptions refused by identity (`PermissionDenied`), and the last refusal's message.
+    pub denied: u64,
+    pub last_denied: Option<String>,
+    /// TLS handshakes that failed (no client certificate, another CA, another trust domain, ...).
+    pub handshake_failures: u64,
     pub nodes: HashMap<String, NodeStats>,
 }
 
@@ -69,6 +80,8 @@ struct Inner {
 #[derive(Clone)]
 pub struct ControlPlane {
     inner: Arc<Inner>,
+    /// Set on the service [`ControlPlane::serve_tls`] runs: every `Subscribe` is then authorized.
+    access: Option<Arc<Access>>,
 }
 
 impl Default for ControlPlane {
@@ -102,6 +115,7 @@ impl ControlPlane {
                 nacked: Mutex::new(HashMap::new()),
                 nonces: AtomicU64::new(0),
             }),
+            access: None,
         }
     }
 
@@ -204,6 +218,43 @@ impl ControlPlane {
             .await
     }
 
+    /// Serves mutual TLS on `listener` with `certs` (the control plane's own identity and the trust bundle)
+    /// until `shutdown` resolves: a client certificate chained to the bundle is required, and each
+    /// subscription is authorized by the client's identity under `access` (see [`crate::tls`]).
+    pub async fn serve_tls(
+        &self,
+        listener: tokio::net::TcpListener,
+        certs: mesh::identity::CertStore,
+        access: Access,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<(), tonic::transport::Error> {
+        let inner = self.inner.clone();
+        let failed = {
+            let cp = self.clone();
+            Arc::new(move |why: String| {
+                tracing::debug!(error = %why, "push: refused a connection");
+                cp.record_global(|s| s.handshake_failures += 1);
+            })
+        };
+        let incoming = ReceiverStream::new(tls::accept_loop(listener, certs, failed));
+        let service = ControlPlane {
+            inner: self.inner.clone(),
+            access: Some(Arc::new(access)),
+        };
+        tonic::transport::Server::builder()
+            .add_service(service.service())
+            .serve_with_incoming_shutdown(incoming, async move {
+                shutdown.await;
+                inner.shutdown.send_replace(true);
+            })
+            .await
+    }
+
+    fn record_global(&self, f: impl FnOnce(&mut Stats)) {
+        f(&mut lock(&self.inner.stats));
+        self.inner.events.send_modify(|e| *e += 1);
+    }
+
     fn record(&self, node: &str, f: impl FnOnce(&mut Stats, &mut NodeStats)) {
         {
             let mut stats = lock(&self.inner.stats);
@@ -225,6 +276,7 @@ impl Push for ControlPlane {
         &self,
         request: Request<Streaming<pb::SubscriberMessage>>,
     ) -> Result<Response<UpdateStream>, Status> {
+        let peer = tls::peer_of(&request);
         let mut inbound = request.into_inner();
         let first = inbound.message().await?;
         let Some(pb::SubscriberMessage {
@@ -236,10 +288,39 @@ impl Push for ControlPlane {
             ));
         };
         let target = target_of(&sub)?;
+        if let Some(access) = &self.access {
+            self.authorize(access, peer.as_ref(), &sub.node_id, &target)?;
+        }
         let (tx, rx) = mpsc::channel(2);
         let cp = self.clone();
         tokio::spawn(async move { cp.session(sub, target, inbound, tx).await });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+impl ControlPlane {
+    /// The verified `peer` may subscribe for `target`, or the refusal (logged and counted).
+    fn authorize(
+        &self,
+        access: &Access,
+        peer: Option<&tls::Peer>,
+        node: &str,
+        target: &Target,
+    ) -> Result<(), Status> {
+        let verdict = match peer.and_then(|p| p.identity.as_ref()) {
+            Some(identity) => tls::authorize(access, identity, target),
+            None => Err("no verified SPIFFE identity on this connection".to_string()),
+        };
+        verdict.map_err(|why| {
+            let message = format!("node {node:?}: {why}");
+            let addr = peer.map(|p| p.addr);
+            tracing::warn!(%message, ?addr, "push: subscription refused");
+            self.record_global(|s| {
+                s.denied += 1;
+                s.last_denied = Some(message.clone());
+            });
+            Status::permission_denied(message)
+        })
     }
 }
 

@@ -45,7 +45,7 @@ fn start_waypoint(endpoint: &str, node: String, ns: usize) -> Waypoint {
     let live = Arc::new(Live::new(Vec::new()));
     let sub = waypoint_sub(&node, &format!("ns-{ns}"));
     let guard = watch_push(
-        endpoint.into(),
+        endpoint,
         sub,
         "cluster.local".into(),
         live.clone(),
@@ -63,7 +63,7 @@ fn start_ztunnel(endpoint: &str, node: String) -> Ztunnel {
     let live = Arc::new(Live::new(0));
     let sub = ztunnel_sub(&node);
     let guard = watch_push(
-        endpoint.into(),
+        endpoint,
         sub,
         "cluster.local".into(),
         live.clone(),

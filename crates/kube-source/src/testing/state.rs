@@ -16,7 +16,15 @@ pub struct Resource {
     pub namespaced: bool,
 }
 
-/// Every kind [`Kind`] watches, plus `coordination.k8s.io` Leases.
+/// Resources served beyond [`Kind::ALL`] (which is what the mesh source watches, so these stay out of it):
+/// `(group, kind, plural)`, all namespaced — Leases for the election, and what a controller creates.
+pub const EXTRA_RESOURCES: [(&str, &str, &str); 3] = [
+    ("coordination.k8s.io", "Lease", "leases"),
+    ("apps", "Deployment", "deployments"),
+    ("", "ServiceAccount", "serviceaccounts"),
+];
+
+/// Every kind [`Kind`] watches, plus [`EXTRA_RESOURCES`].
 pub(crate) fn resources() -> Vec<Resource> {
     let mut out: Vec<Resource> = Kind::ALL
         .into_iter()
@@ -30,12 +38,12 @@ pub(crate) fn resources() -> Vec<Resource> {
             }
         })
         .collect();
-    out.push(Resource {
-        group: "coordination.k8s.io".into(),
-        kind: "Lease".into(),
-        plural: "leases".into(),
+    out.extend(EXTRA_RESOURCES.map(|(group, kind, plural)| Resource {
+        group: group.into(),
+        kind: kind.into(),
+        plural: plural.into(),
         namespaced: true,
-    });
+    }));
     out
 }
 
@@ -375,6 +383,19 @@ mod tests {
         assert!(!sel("", "spec.nodeName=n2").matches(&pod));
         assert!(sel("app,!tier", "metadata.name==p").matches(&pod));
         assert!(Selector::parse(Some("app in (a)"), None).is_err());
+    }
+
+    #[test]
+    fn controller_kinds_are_served_but_not_watched_by_the_mesh_source() {
+        let all = resources();
+        for (group, kind, plural) in EXTRA_RESOURCES {
+            assert!(all.iter().any(|r| r.group == group && r.plural == plural));
+            assert_eq!(
+                Kind::from_name(kind),
+                None,
+                "{kind} must stay out of Kind::ALL"
+            );
+        }
     }
 
     #[test]
