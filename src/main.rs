@@ -17,6 +17,26 @@ use waypoint::demo::client::Proto;
 use waypoint::server::{Ops, Waypoint, WaypointConfig};
 use waypoint::source::{ConfigSource, KubeSource};
 
+/// mimalloc instead of glibc malloc: the request path allocates and frees small buffers across tasks, where glibc's
+/// arenas spent ~10% of the waypoint's CPU (consolidation, chunk unlinking) in the side-by-side profile.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Before anything allocates (an ELF constructor runs before the Rust runtime's first allocation creates
+/// mimalloc's arena): commit arena memory as it is used rather than up front (`mi_option_arena_eager_commit` = 0,
+/// index 4 in mimalloc v3's `mimalloc.h`). Idle RSS 28 → 21 MiB on the bench topology; the environment
+/// variable `MIMALLOC_ARENA_EAGER_COMMIT` is the same switch, but a binary cannot set its own environment in
+/// time.
+#[used]
+#[link_section = ".init_array"]
+static MIMALLOC_OPTIONS: extern "C" fn() = {
+    extern "C" fn lazy_commit() {
+        // SAFETY: sets one process-wide option; runs once, before main and before any other thread exists.
+        unsafe { libmimalloc_sys::mi_option_set(4, 0) }
+    }
+    lazy_commit
+};
+
 #[derive(Parser)]
 #[command(version, about = "The L7 waypoint of an ambient service mesh")]
 struct Cli {
@@ -238,9 +258,7 @@ fn main() -> anyhow::Result<()> {
     if let Cmd::Explain(args) = &cli.cmd {
         std::process::exit(explain(args));
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = runtime()?;
     rt.block_on(async move {
         match cli.cmd {
             Cmd::Demo {
@@ -285,6 +303,25 @@ fn main() -> anyhow::Result<()> {
             }
         }
     })
+}
+
+/// The runtime: one worker thread per CPU this process may use (its affinity mask and cgroup quota, as
+/// `available_parallelism` reads them); on a single CPU a current-thread runtime, which spares the
+/// multi-thread scheduler's cross-thread wake-ups and work-stealing bookkeeping on every task switch (the
+/// waypoint of `shared/bench` is pinned to one core). Blocking work (certificate and manifest reads) still goes
+/// to the blocking pool.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cpus)
+            .enable_all()
+            .build()
+    }
 }
 
 /// `waypoint run`: serves until SIGTERM/SIGINT, then drains.
