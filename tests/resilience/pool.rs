@@ -163,10 +163,14 @@ async fn max_requests_per_connection_retires_connections() {
         let r = send(&tb, Req::get(SOLO, "/")).await;
         assert_eq!(r.status, 200, "request {i}");
     }
-    assert_eq!(
-        tb.echo("solo-0").connections(),
-        3,
-        "9 requests, 3 per connection (a connection is never reused after its third)"
+    // Pingora hands a connection back to its pool only after the answer's last bytes are written, so the next
+    // request (sent the moment the client has them) can, rarely, find the pool empty and open one more
+    // connection (about 1 run in 30 here; the control below shows the same race). At least 3: never reused after
+    // its third request; at most one extra: the limit does not retire connections early.
+    let conns = tb.echo("solo-0").connections();
+    assert!(
+        (3..=4).contains(&conns),
+        "9 requests, 3 per connection (a connection is never reused after its third): {conns} connections"
     );
 }
 
@@ -176,9 +180,10 @@ async fn without_limits_one_connection_serves_sequential_requests() {
     for _ in 0..9 {
         assert_eq!(send(&tb, Req::get(SOLO, "/")).await.status, 200);
     }
-    assert_eq!(
-        tb.echo("solo-0").connections(),
-        1,
-        "the control: keep-alive reuse"
+    // 1, or 2 when the release race above opens one more.
+    let conns = tb.echo("solo-0").connections();
+    assert!(
+        (1..=2).contains(&conns),
+        "the control: keep-alive reuse ({conns} connections for 9 requests)"
     );
 }
