@@ -8,7 +8,7 @@
 //! overload API servers, but a ztunnel needs remote Pods' identities for mTLS (see there). Also here: [`kube_client`] (kubeconfig, in-cluster or an explicit URL) and
 //! [`pod_identity`] (the Lease holder name), shared with the waypoint binary.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
@@ -72,41 +72,8 @@ pub fn node_watch_options(node: Option<&str>, pods_on_node_only: bool) -> WatchO
     }
 }
 
-/// A client for the API server: from `kubeconfig` when given, else inferred (in-cluster service account,
-/// then `$KUBECONFIG` / `~/.kube/config`); `api_server` overrides the URL (with neither file nor cluster: a
-/// plain client for that URL, as tests use).
-pub async fn kube_client(
-    kubeconfig: Option<&Path>,
-    api_server: Option<&str>,
-) -> anyhow::Result<kube::Client> {
-    let url = api_server
-        .map(|u| u.parse::<http::Uri>())
-        .transpose()
-        .context("--api-server")?;
-    let mut config = match (kubeconfig, &url) {
-        (Some(path), _) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("reading the kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
-        }
-        (None, Some(url)) => kube::Config::new(url.clone()),
-        (None, None) => kube::Config::infer()
-            .await
-            .context("no in-cluster config or kubeconfig")?,
-    };
-    if let Some(url) = url {
-        config.cluster_url = url;
-    }
-    Ok(kube::Client::try_from(config)?)
-}
-
-/// This replica's name for leader election: `$POD_NAME`, else `$HOSTNAME`, else `pid-<pid>`.
-pub fn pod_identity() -> String {
-    ["POD_NAME", "HOSTNAME"]
-        .iter()
-        .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
-        .unwrap_or_else(|| format!("pid-{}", std::process::id()))
-}
+/// The API-server client and replica name, shared with the waypoint binaries (defined in `kube_source`).
+pub use kube_source::{kube_client, pod_identity};
 
 /// Keeps the config watch running; dropping it stops it.
 pub enum ConfigGuard {

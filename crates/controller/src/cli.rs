@@ -1,10 +1,10 @@
 //! `waypoint controller`: the flags ([`ControllerArgs`]), the API client, the Lease election, and [`run`]
 //! until SIGTERM/SIGINT (then the Lease is handed over at once).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use kube_source::{elect, Leadership, LeaseConfig};
+use kube_source::{elect, kube_client, pod_identity, Leadership, LeaseConfig};
 
 use crate::controller::{Controller, ControllerConfig};
 use crate::desired::Options;
@@ -74,14 +74,8 @@ fn spiffe_id(s: &str) -> Result<String, String> {
 pub enum ControllerError {
     #[error("--log-level: {0}")]
     LogLevel(String),
-    #[error("--api-server {url:?}: {message}")]
-    ApiServer { url: String, message: String },
-    #[error("--kubeconfig {path}: {message}")]
-    Kubeconfig { path: String, message: String },
-    #[error("no API server: no in-cluster config or kubeconfig ({0}); give --kubeconfig or --api-server")]
-    NoConfig(String),
-    #[error("cannot make an API client: {0}")]
-    Client(#[from] kube::Error),
+    #[error(transparent)]
+    Client(#[from] kube_source::ClientError),
 }
 
 /// How often a pass runs without any change (Istio's controllers resync on a similar period).
@@ -137,52 +131,6 @@ async fn wait_for_signal() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
-}
-
-/// A client for the API server, as `ztunnel::source::kube_client` makes it (mirrored: this crate does not
-/// depend on the node proxy): from `kubeconfig` when given, else inferred (in-cluster, then `$KUBECONFIG` /
-/// `~/.kube/config`); `api_server` overrides the URL (with neither: a plain client for that URL).
-pub async fn kube_client(
-    kubeconfig: Option<&Path>,
-    api_server: Option<&str>,
-) -> Result<kube::Client, ControllerError> {
-    let url = api_server
-        .map(|u| {
-            u.parse::<http::Uri>()
-                .map_err(|e| ControllerError::ApiServer {
-                    url: u.into(),
-                    message: e.to_string(),
-                })
-        })
-        .transpose()?;
-    let mut config = match (kubeconfig, &url) {
-        (Some(path), _) => {
-            let bad = |message: String| ControllerError::Kubeconfig {
-                path: path.display().to_string(),
-                message,
-            };
-            let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| bad(e.to_string()))?;
-            kube::Config::from_custom_kubeconfig(kc, &Default::default())
-                .await
-                .map_err(|e| bad(e.to_string()))?
-        }
-        (None, Some(url)) => kube::Config::new(url.clone()),
-        (None, None) => kube::Config::infer()
-            .await
-            .map_err(|e| ControllerError::NoConfig(e.to_string()))?,
-    };
-    if let Some(url) = url {
-        config.cluster_url = url;
-    }
-    Ok(kube::Client::try_from(config)?)
-}
-
-/// This replica's name in the election: `$POD_NAME`, else `$HOSTNAME`, else `pid-<pid>`.
-fn pod_identity() -> String {
-    ["POD_NAME", "HOSTNAME"]
-        .iter()
-        .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
-        .unwrap_or_else(|| format!("pid-{}", std::process::id()))
 }
 
 #[cfg(test)]

@@ -20,6 +20,6 @@ pub mod diff;
 pub mod gateway_status;
 pub mod reconcile;
 
-pub use cli::{kube_client, run, ControllerArgs, ControllerError};
+pub use cli::{run, ControllerArgs, ControllerError};
 pub use controller::{Controller, ControllerConfig, PassReport};
 pub use desired::{desired, is_waypoint, Desired, InvalidGateway, Options};

@@ -15,6 +15,7 @@
 //! subresources written; for the election `get`, `create`, `update` on `leases.coordination.k8s.io`.
 //! Everything here is tested against the fake server only: no API server or cluster runs on the build machines.
 
+pub mod client;
 pub mod kinds;
 pub mod lease;
 pub mod status;
@@ -24,6 +25,7 @@ pub mod watch;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use client::{kube_client, pod_identity, ClientError};
 pub use kinds::Kind;
 pub use lease::{elect, LeaderGuard, Leadership, LeaseConfig};
 pub use status::{DesiredStatus, ObjectRef, StatusWriter, SyncReport};
