@@ -374,6 +374,19 @@ impl ProxyHttp for WaypointProxy {
         Ok(())
     }
 
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        if end_of_stream {
+            stages::response_complete(ctx);
+        }
+        Ok(None)
+    }
+
     fn fail_to_connect(
         &self,
         session: &mut Session,

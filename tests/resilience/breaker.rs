@@ -122,6 +122,19 @@ async fn over_http2_max_requests_fails_fast_with_uo_then_recovers() {
     assert_eq!(ok, 6, "{counts:?}");
 }
 
+/// A caller that sends its next request as soon as it has the answer never finds the slot still held: the
+/// permit is released when the destination's answer ends, before its last bytes reach the caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_to_back_requests_at_the_limit_never_trip() {
+    let tb = mesh(&limited(1)).await;
+    let counts = tally_sequential(&tb, &Req::get(PAIR, "/"), 200).await;
+    let ok: u64 = ["pair-0", "pair-1"]
+        .iter()
+        .filter_map(|p| counts.get(*p))
+        .sum();
+    assert_eq!(ok, 200, "{counts:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_limit_is_per_destination_service() {
     // `pair` is limited to 2; `echo` has no DestinationRule: 6 slow requests to it all pass at once.
