@@ -17,25 +17,7 @@ use waypoint::demo::client::Proto;
 use waypoint::server::{Ops, Waypoint, WaypointConfig};
 use waypoint::source::{ConfigSource, KubeSource};
 
-/// mimalloc instead of glibc malloc: the request path allocates and frees small buffers across tasks, where glibc's
-/// arenas spent ~10% of the waypoint's CPU (consolidation, chunk unlinking) in the side-by-side profile.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// Before anything allocates (an ELF constructor runs before the Rust runtime's first allocation creates
-/// mimalloc's arena): commit arena memory as it is used rather than up front (`mi_option_arena_eager_commit` = 0,
-/// index 4 in mimalloc v3's `mimalloc.h`). Idle RSS 28 → 21 MiB on the bench topology; the environment
-/// variable `MIMALLOC_ARENA_EAGER_COMMIT` is the same switch, but a binary cannot set its own environment in
-/// time.
-#[used]
-#[link_section = ".init_array"]
-static MIMALLOC_OPTIONS: extern "C" fn() = {
-    extern "C" fn lazy_commit() {
-        // SAFETY: sets one process-wide option; runs once, before main and before any other thread exists.
-        unsafe { libmimalloc_sys::mi_option_set(4, 0) }
-    }
-    lazy_commit
-};
+mesh::global_allocator!();
 
 #[derive(Parser)]
 #[command(version, about = "The L7 waypoint of an ambient service mesh")]

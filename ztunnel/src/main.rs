@@ -18,6 +18,8 @@ use ztunnel::ops::Ops;
 use ztunnel::source::{kube_client, node_watch_options, NodeSource};
 use ztunnel::{NodeConfig, Ztunnel};
 
+mesh::global_allocator!();
+
 /// `--source`: where the config comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum Source {

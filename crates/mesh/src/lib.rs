@@ -7,8 +7,10 @@
 //!   multiplexed outer connections, and the byte-stream adapter over one CONNECT stream.
 //! - [`config`]: the Kubernetes manifests directory both tiers read, resolved into one [`config::Mesh`] model,
 //!   watched and hot-swapped.
+//! - [`alloc`]: the proxies' global allocator (mimalloc), installed with [`global_allocator!`].
 //! - [`ops`]: readiness, metrics and admin endpoints, `SO_REUSEPORT` listeners, the runtime log filter.
 
+pub mod alloc;
 pub mod config;
 pub mod devca;
 pub mod hbone;
