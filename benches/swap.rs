@@ -5,16 +5,19 @@
 //! `SWAP_WINDOW_MS=6000`, `SWAP_INTERVAL_MS=100`, `SWAP_CONNS=4`). The mesh is `swap/mesh.rs`: `SWAP_ROUTES`
 //! HTTPRoutes, each on its own Service bound to the waypoint, all served by two echo pods.
 //!
-//! 1. **Compile**, offline and idle: `Mesh::from_documents` (parse) and `snapshot::compile` of the config,
-//!    `SWAP_ROUNDS` times, and what dropping a snapshot costs (whoever holds the last `Arc` pays it).
+//! 1. **Compile**, offline and idle: `Mesh::from_documents` (a full parse, nothing cached), the parse a hot swap
+//!    does (`Mesh::from_documents_cached` after a change of one document: the others come from the
+//!    `ParseCache`) and `snapshot::compile` of the config, `SWAP_ROUNDS` times, and what dropping a snapshot
+//!    costs (`Live::store` pays it, in its graveyard, not the last reader).
 //! 2. **Live**, on a [`Testbed`] (a real waypoint and ztunnels, HBONE with generated certs, echo backends on
 //!    `127.a.b.x`): each round changes the probe route's `x-config-generation` header, and a probe connection
 //!    (keep-alive, a request every `SWAP_PROBE_GAP_US`=1000 µs) sends until an answer carries the new value.
 //!    - via the folder (what `waypoint run --manifests` does): the file is renamed into place; "stored" is when
 //!      `Live::generation` moved, "seen" when a probe answer carried the change. This includes the folder
 //!      source's 50 ms debounce (`source::DEBOUNCE`) and the ztunnels' reload of the same folder.
-//!    - in-process: parse, compile, `Live::store` of the waypoint's own `Live` (a fresh `ResilienceState`: this
-//!      mode measures the swap, not breakers across it), each stage timed, then the probe.
+//!    - in-process: parse (cached: one document changed), compile, `Live::store` of the waypoint's own `Live`
+//!      (a fresh `ResilienceState`: this mode measures the swap, not breakers across it), each stage timed, then
+//!      the probe.
 //! 3. **In-flight traffic**: `SWAP_CONNS` keep-alive connections (one per route, not the probe's) sending back to
 //!    back through `SWAP_WINDOW_MS` windows: no swaps, a folder swap every `SWAP_INTERVAL_MS`, an in-process swap
 //!    every `SWAP_INTERVAL_MS`, no swaps again; per window requests, errors, swaps and latency percentiles.
@@ -28,15 +31,18 @@ mod load;
 mod mesh;
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ::mesh::config::{GatewayRef, Live, Mesh, DEFAULT_TRUST_DOMAIN};
+use ::mesh::config::{GatewayRef, Live, Mesh, ParseCache, DEFAULT_TRUST_DOMAIN};
 use anyhow::Context as _;
 use load::{ms, pct, wait_seen, Load, Phase, PHASES};
 use waypoint::demo::write_atomic;
 use waypoint::snapshot::{compile, Snapshot, WaypointSpec};
 use waypoint::testbed::{Conn, Testbed};
+
+// The allocator the waypoint binary ships with (glibc malloc would add its own costs to parse and compile).
+::mesh::global_allocator!();
 
 /// How long a round may take before the bench gives up on it.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -104,10 +110,22 @@ fn parse(text: &str) -> Mesh {
     Mesh::from_documents(&docs, DEFAULT_TRUST_DOMAIN).expect("valid manifests")
 }
 
-/// Parse, compile, store into `live`: the three stage durations.
-fn swap_in(live: &Live<Snapshot>, text: &str, spec: &WaypointSpec) -> [Duration; 3] {
+/// [`parse`] through `cache`, as a hot swap does.
+fn parse_cached(text: &str, cache: &Mutex<ParseCache>) -> Mesh {
+    let docs = [(PathBuf::from("mesh.yaml"), text.to_string())];
+    let mut cache = cache.lock().expect("cache");
+    Mesh::from_documents_cached(&docs, DEFAULT_TRUST_DOMAIN, &mut cache).expect("valid manifests")
+}
+
+/// Parse (through `cache`), compile, store into `live`: the three stage durations.
+fn swap_in(
+    live: &Live<Snapshot>,
+    text: &str,
+    spec: &WaypointSpec,
+    cache: &Mutex<ParseCache>,
+) -> [Duration; 3] {
     let t = Instant::now();
-    let mesh = parse(text);
+    let mesh = parse_cached(text, cache);
     let parsed = t.elapsed();
     let t = Instant::now();
     let snap = compile(&mesh, spec).expect("compiles");
@@ -152,10 +170,18 @@ fn offline(k: &Knobs) {
         Stage::default(),
         Stage::default(),
     );
-    for _ in 0..k.rounds {
+    let (cache, mut cached) = (Mutex::new(ParseCache::new()), Stage::default());
+    parse_cached(&text, &cache);
+    for round in 0..k.rounds {
         let t = Instant::now();
         let m = parse(&text);
         let parsed = t.elapsed();
+        // The probe route's header changes: one document of the file.
+        let changed = mesh::manifests(k.routes, round as u64 + 2);
+        let t = Instant::now();
+        let m2 = parse_cached(&changed, &cache);
+        cached.0.push(t.elapsed());
+        drop(m2);
         let t = Instant::now();
         let snap = compile(&m, &spec).expect("compiles");
         let compiled = t.elapsed();
@@ -171,10 +197,16 @@ fn offline(k: &Knobs) {
         "\n1. compile, offline ({} KiB of manifests)               median ms   max ms",
         text.len() / 1024
     );
-    p.row("parse (Mesh::from_documents)");
+    p.row("parse, full (Mesh::from_documents)");
+    cached.row("parse, cached, one document changed");
     c.row("compile (snapshot::compile)");
-    pc.row("parse + compile");
+    pc.row("full parse + compile");
     d.row("drop a snapshot");
+    let s = cache.lock().expect("cache").stats();
+    println!(
+        "  (parse cache: {} documents read, {} reused, {} held)",
+        s.parsed, s.reused, s.entries
+    );
 }
 
 /// Parts 2 and 3, on a running mesh.
@@ -232,12 +264,18 @@ async fn live_bench(k: &Knobs) -> anyhow::Result<()> {
 
     let mut stages: [Stage; 3] = Default::default();
     let (mut total, mut lag) = (Stage::default(), Stage::default());
+    // One cache for the in-process swaps, warmed with the config now served (as a watcher's would be).
+    let cache = Arc::new(Mutex::new(ParseCache::new()));
+    parse_cached(
+        &tb.rewrite().manifests(&mesh::manifests(k.routes, gen))?,
+        &cache,
+    );
     for _ in 0..k.rounds {
         gen += 1;
         let text = tb.rewrite().manifests(&mesh::manifests(k.routes, gen))?;
         let t0 = Instant::now();
-        let (l, s) = (live.clone(), spec.clone());
-        let times = tokio::task::spawn_blocking(move || swap_in(&l, &text, &s)).await?;
+        let (l, s, c) = (live.clone(), spec.clone(), cache.clone());
+        let times = tokio::task::spawn_blocking(move || swap_in(&l, &text, &s, &c)).await?;
         let st = Instant::now();
         let (at, n) = wait_seen(&client, &mut probe, gen, k.probe_gap, PATIENCE)
             .await?
@@ -249,14 +287,14 @@ async fn live_bench(k: &Knobs) -> anyhow::Result<()> {
         lag.0.push(at - st);
         probes += n;
     }
-    stages[0].row("in-process: parse");
+    stages[0].row("in-process: parse (cached, one document changed)");
     stages[1].row("in-process: compile");
-    stages[2].row("in-process: Live::store (old snapshot dropped)");
+    stages[2].row("in-process: Live::store (old snapshot freed)");
     lag.row("in-process: stored -> seen by a request");
     total.row("in-process: handed -> seen by a request");
     println!("  ({probes} probe requests)");
 
-    in_flight(k, &tb, &live, &spec, gen).await?;
+    in_flight(k, &tb, &live, &spec, gen, &cache).await?;
     tb.shutdown().await;
     Ok(())
 }
@@ -268,6 +306,7 @@ async fn in_flight(
     live: &Arc<Live<Snapshot>>,
     spec: &WaypointSpec,
     gen: u64,
+    cache: &Arc<Mutex<ParseCache>>,
 ) -> anyhow::Result<()> {
     let texts: Vec<Arc<str>> = [gen + 1, gen + 2]
         .iter()
@@ -302,9 +341,14 @@ async fn in_flight(
     let mut compiles = Stage::default();
     while Instant::now() < end {
         let next = Instant::now() + k.interval;
-        let (l, s, text) = (live.clone(), spec.clone(), texts[i % 2].clone());
+        let (l, s, text, c) = (
+            live.clone(),
+            spec.clone(),
+            texts[i % 2].clone(),
+            cache.clone(),
+        );
         i += 1;
-        let t = tokio::task::spawn_blocking(move || swap_in(&l, &text, &s)).await?;
+        let t = tokio::task::spawn_blocking(move || swap_in(&l, &text, &s, &c)).await?;
         compiles.0.push(t.iter().sum());
         swaps[Phase::DirectSwaps as usize] += 1;
         tokio::time::sleep_until(next.into()).await;

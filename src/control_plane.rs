@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use mesh::config::{ConfigError, Live, Mesh, DEFAULT_TRUST_DOMAIN};
+use mesh::config::{ConfigError, Live, Mesh, ParseCache, DEFAULT_TRUST_DOMAIN};
 use mesh::identity::{CertPaths, CertStore, Identity};
 use mesh::ops::LogControl;
 use push::{Access, ControlPlane};
@@ -230,8 +230,13 @@ async fn watch_kube(
     // The `Live` only records the published system version and the last rejection.
     let live: Arc<Live<u64>> = Arc::new(Live::new(0));
     let (cp2, td) = (cp.clone(), trust_domain.to_string());
+    // Renders run one at a time, off the request path: the lock is never contended.
+    let cache = std::sync::Mutex::new(ParseCache::new());
     let publish = move |docs: &[(PathBuf, String)]| {
-        Mesh::from_documents(docs, &td)?;
+        {
+            let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+            Mesh::from_documents_cached(docs, &td, &mut cache)?;
+        }
         cp2.publish(docs).map_err(|e| ConfigError {
             file: e.file.clone(),
             object: String::new(),

@@ -8,9 +8,11 @@
 //! watcher only relists on the former; this loop restarts it on the latter). Failures back off exponentially.
 //!
 //! Any change wakes one render task, which waits for `debounce` of quiet (at most ten debounces), renders the store into documents
-//! (`api/<Kind>/<namespace>/<name>`, JSON), parses them with [`Mesh::from_documents`] and compiles them off the
-//! async threads; success is stored in the [`Live`], failure recorded with [`Live::set_error`] while the last
-//! good value keeps serving. Nothing is compiled before every watcher's initial list has completed
+//! (`api/<Kind>/<namespace>/<name>`, JSON), parses them with [`Mesh::from_documents_cached`] (only the objects
+//! that changed are read again) and compiles them off the async threads; success is stored in the [`Live`],
+//! failure recorded with [`Live::set_error`] while the last good value keeps serving. When idle, the render task
+//! wakes every [`REAP_EVERY`] to free, off the async threads, the snapshots readers have let go of
+//! ([`Live::reap`]). Nothing is compiled before every watcher's initial list has completed
 //! ([`ApiWatchGuard::is_ready`]), so a proxy never serves a half-listed cluster.
 //!
 //! Scoping, to cut API-server load: [`WatchOptions::namespaces`] watches namespaced kinds only in those
@@ -30,7 +32,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use kube::api::{Api, DynamicObject};
 use kube::runtime::watcher;
-use mesh::config::{ConfigError, Live, Mesh};
+use mesh::config::live::REAP_EVERY;
+use mesh::config::{ConfigError, Live, Mesh, ParseCache};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
@@ -105,8 +108,14 @@ where
     T: Send + Sync + 'static,
     F: Fn(&Mesh) -> Result<T, ConfigError> + Send + Sync + 'static,
 {
+    // Renders run one at a time, off the request path: the lock is never contended.
+    let cache = Mutex::new(ParseCache::new());
     watch_api_documents(client, opts, debounce, live, move |docs| {
-        compile(&Mesh::from_documents(docs, &trust_domain)?)
+        let mesh = {
+            let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+            Mesh::from_documents_cached(docs, &trust_domain, &mut cache)?
+        };
+        compile(&mesh)
     })
 }
 
@@ -294,7 +303,15 @@ async fn render_loop<T, F>(
     F: Fn(&[(PathBuf, String)]) -> Result<T, ConfigError> + Send + Sync + 'static,
 {
     loop {
-        shared.changed.notified().await;
+        if tokio::time::timeout(REAP_EVERY, shared.changed.notified())
+            .await
+            .is_err()
+        {
+            // Idle: free what readers let go of, on the blocking pool (a snapshot can take milliseconds).
+            let live = live.clone();
+            let _ = tokio::task::spawn_blocking(move || live.reap()).await;
+            continue;
+        }
         // Quiet for `debounce`, but never wait more than ten of them: a busy cluster still gets renders.
         let latest = tokio::time::Instant::now() + debounce * 10;
         while tokio::time::timeout(debounce, shared.changed.notified())

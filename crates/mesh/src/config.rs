@@ -22,7 +22,9 @@
 
 pub mod destination;
 pub mod live;
+mod objects;
 mod parse;
+mod parse_cache;
 mod resolve;
 mod routes;
 pub mod security;
@@ -37,6 +39,7 @@ use crate::identity::Identity;
 
 pub use destination::DestinationRule;
 pub use live::{watch_dir, Live, WatchGuard};
+pub use parse_cache::{ParseCache, ParseStats};
 pub use routes::{gateway_duration, LabelExpression, LabelSelector, RouteNamespaces};
 
 /// The route and grant types the mesh keeps (gateway-api), re-exported so users need not track channels.
@@ -249,6 +252,25 @@ impl Mesh {
         trust_domain: &str,
     ) -> Result<Mesh, ConfigError> {
         let parsed = parse::parse(docs)?;
+        Ok(resolve::build(parsed, trust_domain))
+    }
+    /// [`Mesh::load_dir`], reading only the documents `cache` does not already hold.
+    pub fn load_dir_cached(
+        dir: &Path,
+        trust_domain: &str,
+        cache: &mut ParseCache,
+    ) -> Result<Mesh, ConfigError> {
+        let docs = parse::read_dir(dir)?;
+        Mesh::from_documents_cached(&docs, trust_domain, cache)
+    }
+    /// [`Mesh::from_documents`], reading only the documents `cache` does not already hold: the same result or
+    /// error. The cache then holds the documents of `docs` only.
+    pub fn from_documents_cached(
+        docs: &[(PathBuf, String)],
+        trust_domain: &str,
+        cache: &mut ParseCache,
+    ) -> Result<Mesh, ConfigError> {
+        let parsed = cache.parse(docs)?;
         Ok(resolve::build(parsed, trust_domain))
     }
     pub fn service(&self, namespace: &str, name: &str) -> Option<&Service> {

@@ -5,7 +5,14 @@
 //! invalid change is rejected whole and the last good snapshot keeps serving, with the error kept for display.
 //!
 //! The watcher runs on its own thread (no async runtime needed): `notify` events go into a channel, the thread
-//! waits for `debounce` of quiet after the first one, then reloads the whole directory.
+//! waits for `debounce` of quiet after the first one, then reloads the directory, re-reading only the documents
+//! that changed ([`ParseCache`]).
+//!
+//! A replaced snapshot is not dropped by whoever lets go of it last (often a request, which would pay for
+//! freeing a whole compiled config): [`Live::store`] keeps it in a graveyard and frees it there, once no reader
+//! holds it, on a later [`Live::store`] or [`Live::reap`] (the watcher calls it every [`REAP_EVERY`]). A reader
+//! holds a snapshot for one request, so the graveyard holds what in-flight requests still use, plus what
+//! they let go of since the last store or reap.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,7 +24,10 @@ use arc_swap::ArcSwap;
 use notify::event::{AccessKind, AccessMode};
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 
-use super::{ConfigError, Mesh};
+use super::{ConfigError, Mesh, ParseCache};
+
+/// How often the [`watch_dir`] thread wakes, when idle, to [`Live::reap`].
+pub const REAP_EVERY: Duration = Duration::from_secs(2);
 
 /// A hot-swappable compiled config of type `T`, with its generation and the last error.
 pub struct Live<T> {
@@ -25,6 +35,8 @@ pub struct Live<T> {
     generation: AtomicU64,
     /// Off the request path: only the watcher and admin pages touch it.
     last_error: Mutex<Option<(ConfigError, SystemTime)>>,
+    /// Replaced snapshots, freed here once no reader holds them. Only `store` and `reap` touch it.
+    graveyard: Mutex<Vec<Arc<T>>>,
 }
 
 impl<T> Live<T> {
@@ -33,20 +45,42 @@ impl<T> Live<T> {
             current: ArcSwap::from_pointee(initial),
             generation: AtomicU64::new(1),
             last_error: Mutex::new(None),
+            graveyard: Mutex::new(Vec::new()),
         }
     }
     /// The current snapshot (one atomic load).
     pub fn load(&self) -> Arc<T> {
         self.current.load_full()
     }
-    /// Installs a new snapshot and bumps the generation.
+    /// Installs a new snapshot and bumps the generation; the one replaced goes to the graveyard, and the
+    /// graveyard's snapshots that no reader holds any more are freed here, on the caller's thread.
     ///
     /// The error is cleared and the snapshot installed before the generation moves, so whoever sees the new
     /// generation also sees the new snapshot.
     pub fn store(&self, next: T) {
         *self.error_slot() = None;
-        self.current.store(Arc::new(next));
+        let old = self.current.swap(Arc::new(next));
         self.generation.fetch_add(1, Ordering::SeqCst);
+        self.graves().push(old);
+        self.reap();
+    }
+    /// Frees the replaced snapshots that no reader holds any more, on the caller's thread; returns how many
+    /// are still held. For the loops that call [`Live::store`], to call now and then when idle.
+    pub fn reap(&self) -> usize {
+        let mut graves = self.graves();
+        // `Live::load` hands out full `Arc`s, and a replaced snapshot can no longer be loaded: a count of 1 is
+        // the graveyard's own, for good.
+        let (dead, held): (Vec<_>, Vec<_>) =
+            graves.drain(..).partition(|s| Arc::strong_count(s) == 1);
+        *graves = held;
+        let left = graves.len();
+        drop(graves);
+        drop(dead);
+        left
+    }
+    fn graves(&self) -> MutexGuard<'_, Vec<Arc<T>>> {
+        // Pushes and drains cannot leave the Vec half-written.
+        self.graveyard.lock().unwrap_or_else(|e| e.into_inner())
     }
     /// How many snapshots were installed (the initial one is generation 1).
     pub fn generation(&self) -> u64 {
@@ -129,22 +163,31 @@ where
     let stopped = stop.clone();
     let spawned = std::thread::Builder::new()
         .name("config-watch".into())
-        .spawn(move || loop {
-            // Wait for a change, then for `debounce` of quiet.
-            if rx.recv().is_err() {
-                return;
-            }
+        .spawn(move || {
+            // The thread's own: an unchanged document is never parsed twice.
+            let mut cache = ParseCache::new();
             loop {
-                match rx.recv_timeout(debounce) {
-                    Ok(()) => continue,
-                    Err(RecvTimeoutError::Timeout) => break,
+                // Wait for a change (freeing what readers let go of while idle), then for `debounce` of quiet.
+                match rx.recv_timeout(REAP_EVERY) {
+                    Ok(()) => {}
+                    Err(RecvTimeoutError::Timeout) => {
+                        live.reap();
+                        continue;
+                    }
                     Err(RecvTimeoutError::Disconnected) => return,
                 }
+                loop {
+                    match rx.recv_timeout(debounce) {
+                        Ok(()) => continue,
+                        Err(RecvTimeoutError::Timeout) => break,
+                        Err(RecvTimeoutError::Disconnected) => return,
+                    }
+                }
+                if stopped.load(Ordering::SeqCst) {
+                    return;
+                }
+                reload(&dir, &trust_domain, &live, &compile, &mut cache);
             }
-            if stopped.load(Ordering::SeqCst) {
-                return;
-            }
-            reload(&dir, &trust_domain, &live, &compile);
         });
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot start the config watcher thread: changes will not be picked up");
@@ -156,11 +199,16 @@ where
 }
 
 /// One reload: parse, compile, swap in or keep the old snapshot.
-fn reload<T, F>(dir: &std::path::Path, trust_domain: &str, live: &Live<T>, compile: &F)
-where
+fn reload<T, F>(
+    dir: &std::path::Path,
+    trust_domain: &str,
+    live: &Live<T>,
+    compile: &F,
+    cache: &mut ParseCache,
+) where
     F: Fn(&Mesh) -> Result<T, ConfigError>,
 {
-    match Mesh::load_dir(dir, trust_domain).and_then(|mesh| compile(&mesh)) {
+    match Mesh::load_dir_cached(dir, trust_domain, cache).and_then(|mesh| compile(&mesh)) {
         Ok(next) => {
             live.store(next);
             tracing::info!(dir = %dir.display(), generation = live.generation(), "config reloaded");

@@ -3,29 +3,25 @@
 //!
 //! Every failure is a [`ConfigError`] naming the file, the object (`Kind namespace/name`, or `document N` before
 //! the object has a name) and the field path (from `serde_path_to_error` for type errors).
+//!
+//! Two steps, so that [`super::ParseCache`] can keep the first per document: [`read_chunk`] reads some YAML
+//! documents on their own (YAML → typed → reduced [`Record`]s, with every per-object error), and
+//! [`Parser::chunk`] merges them in input order, doing what needs every object: duplicate names, duplicate
+//! Service VIPs and pod IPs, and the count (and once-per-kind warning) of kinds skipped.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use gateway_api::gateways::Gateway;
-use k8s_openapi::api::core::v1 as core;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_yaml::Value;
 
 use super::destination::{self, DestinationRule};
 use super::gateway::{GrpcRoute, HttpRoute, ReferenceGrant};
+use super::objects::{gateway, namespace_record, pod, service, slice};
 use super::security;
-use super::{
-    routes, ConfigError, Namespace, RouteNamespaces, Service, ServicePort, Slice, SliceEndpoint,
-    Sourced, TargetPort, Waypoint, Workload, SERVICE_NAME, WAYPOINT_CLASS, WAYPOINT_FOR,
-};
-
-/// The HBONE port, when a waypoint Gateway has no `HBONE` listener.
-const HBONE_PORT: u16 = 15008;
+use super::{routes, ConfigError, Namespace, Service, Slice, Sourced, Waypoint, Workload};
 
 /// What the manifests say, object by object, before cross-object resolution.
 #[derive(Default)]
@@ -87,9 +83,106 @@ pub(super) fn read_dir(dir: &Path) -> Result<Vec<(PathBuf, String)>, ConfigError
 pub(super) fn parse(docs: &[(PathBuf, String)]) -> Result<Parsed, ConfigError> {
     let mut p = Parser::default();
     for (file, text) in docs {
-        p.file(file, text)?;
+        p.chunk(file, 0, &read_chunk(file, text))?;
     }
     Ok(p.out)
+}
+
+/// What some consecutive YAML documents of one file say, read without looking at any other document.
+#[derive(Debug, Default)]
+pub(super) struct Chunk {
+    /// Documents read (null ones included): the next chunk of the file numbers its documents after these.
+    pub docs: usize,
+    /// Per object, in order, with its document's number within the chunk (from 1). Ends at the first error.
+    outcomes: Vec<(usize, Outcome)>,
+    /// Reading stopped at an error (the last outcome).
+    pub failed: bool,
+    /// That error is YAML's own (syntax, anchors, merge keys): it may give line numbers, which are the chunk's.
+    pub yaml_error: bool,
+}
+
+/// One object, read on its own.
+#[derive(Debug)]
+enum Outcome {
+    /// A kind not read, counted in `skipped` under `key`.
+    Skipped {
+        key: String,
+        kind: String,
+        api_version: String,
+    },
+    /// An error before the object has a name: its `object` is `document N`, N within the chunk.
+    Document(ConfigError),
+    Object(Box<Object>),
+}
+
+/// A named object: what the checks across objects need, and what it says (or what is wrong with it).
+#[derive(Debug)]
+struct Object {
+    key: (Kind, String, String),
+    /// `kind` as written, for the duplicate error.
+    kind: String,
+    /// `Kind namespace/name`.
+    object: String,
+    /// `items[i].` inside a `List`.
+    prefix: String,
+    /// The Service's `spec.clusterIP`, when it was read before any error.
+    vip: Option<IpAddr>,
+    /// `None` when the object adds nothing (e.g. a Gateway of another class).
+    result: Result<Option<Record>, ConfigError>,
+}
+
+/// The reduced record of one object, as [`Parsed`] keeps it.
+#[derive(Clone, Debug)]
+enum Record {
+    Namespace(Namespace),
+    Service(Service),
+    Workload(Workload),
+    Slice(Slice),
+    Waypoint(Waypoint),
+    HttpRoute(Sourced<HttpRoute>),
+    GrpcRoute(Sourced<GrpcRoute>),
+    ReferenceGrant(Sourced<ReferenceGrant>),
+    DestinationRule(Sourced<DestinationRule>),
+    AuthorizationPolicy(authz::model::Named<authz::model::AuthorizationPolicySpec>),
+    RequestAuthentication(authz::model::Named<authz::model::RequestAuthenticationSpec>),
+}
+
+/// Reads every document of `text` (a whole file, or the part of one that [`super::parse_cache`] split off).
+pub(super) fn read_chunk(file: &Path, text: &str) -> Chunk {
+    let mut r = Reader {
+        file,
+        n: 0,
+        out: Chunk::default(),
+    };
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let n = i + 1;
+        r.n = n;
+        r.out.docs = n;
+        let ctx = Ctx {
+            file,
+            object: format!("document {n}"),
+            prefix: "",
+        };
+        let value = Value::deserialize(doc).and_then(|mut value| {
+            if !value.is_null() {
+                value.apply_merge()?;
+            }
+            Ok(value)
+        });
+        let ok = match value {
+            Ok(value) if value.is_null() => true,
+            Ok(value) => r.object("", value),
+            Err(e) => {
+                r.out.yaml_error = true;
+                r.fail(ctx.err("", e.to_string()))
+            }
+        };
+        if !ok {
+            r.out.failed = true;
+            break;
+        }
+    }
+    r.out
 }
 
 /// The kinds read, by API group and kind.
@@ -158,9 +251,10 @@ impl Kind {
     }
 }
 
+/// Merges [`Chunk`]s in input order, with the checks across objects.
 #[derive(Default)]
-struct Parser {
-    out: Parsed,
+pub(super) struct Parser {
+    pub out: Parsed,
     /// (kind, namespace, name) → the file that defined it first.
     seen: HashMap<(Kind, String, String), PathBuf>,
     /// Service VIP → the Service that has it.
@@ -205,7 +299,7 @@ impl Ctx<'_> {
             _ => Err(self.err(&field(), format!("port {value} is out of range 1-65535"))),
         }
     }
-    fn ip(&self, field: impl FnOnce() -> String, value: &str) -> Result<IpAddr, ConfigError> {
+    pub fn ip(&self, field: impl FnOnce() -> String, value: &str) -> Result<IpAddr, ConfigError> {
         value
             .parse()
             .map_err(|_| self.err(&field(), format!("{value:?} is not an IP address")))
@@ -213,40 +307,119 @@ impl Ctx<'_> {
 }
 
 impl Parser {
-    fn file(&mut self, file: &Path, text: &str) -> Result<(), ConfigError> {
-        for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-            let n = i + 1;
-            let ctx = Ctx {
-                file,
-                object: format!("document {n}"),
-                prefix: "",
-            };
-            let mut value = Value::deserialize(doc).map_err(|e| ctx.err("", e.to_string()))?;
-            if value.is_null() {
-                continue;
+    /// Adds what `chunk` (of `file`, after its first `base` documents) says, in order; the first error is
+    /// the parse's, as if every document had been read here.
+    pub(super) fn chunk(
+        &mut self,
+        file: &Path,
+        base: usize,
+        chunk: &Chunk,
+    ) -> Result<(), ConfigError> {
+        for (n, outcome) in &chunk.outcomes {
+            let n = base + n;
+            match outcome {
+                Outcome::Skipped {
+                    key,
+                    kind,
+                    api_version,
+                } => {
+                    let count = self.out.skipped.entry(key.clone()).or_default();
+                    *count += 1;
+                    // Once per kind and load: a directory of many such objects should not flood the log.
+                    if *count == 1 {
+                        tracing::warn!(file = %file.display(), document = n, kind, api_version,
+                            "skipping a kind not read (further ones counted in Mesh::skipped)");
+                    }
+                }
+                Outcome::Document(e) => {
+                    return Err(ConfigError {
+                        object: format!("document {n}"),
+                        ..e.clone()
+                    });
+                }
+                Outcome::Object(o) => self.object(file, o)?,
             }
-            value
-                .apply_merge()
-                .map_err(|e| ctx.err("", e.to_string()))?;
-            self.object(file, n, "", value)?;
         }
         Ok(())
     }
 
-    fn object(
-        &mut self,
-        file: &Path,
-        n: usize,
-        prefix: &str,
-        value: Value,
-    ) -> Result<(), ConfigError> {
+    fn object(&mut self, file: &Path, o: &Object) -> Result<(), ConfigError> {
+        let ctx = || Ctx {
+            file,
+            object: o.object.clone(),
+            prefix: &o.prefix,
+        };
+        if let Some(first) = self.seen.get(&o.key) {
+            let kind = &o.kind;
+            return Err(ctx().err(
+                "metadata.name",
+                format!("duplicate {kind}: already defined in {}", first.display()),
+            ));
+        }
+        self.seen.insert(o.key.clone(), file.to_path_buf());
+        let (_, namespace, name) = &o.key;
+        if let Some(vip) = o.vip {
+            if let Some(other) = self.vips.insert(vip, format!("{namespace}/{name}")) {
+                return Err(ctx().err(
+                    "spec.clusterIP",
+                    format!("{vip} is already the clusterIP of Service {other}"),
+                ));
+            }
+        }
+        let record = match &o.result {
+            Err(e) => return Err(e.clone()),
+            Ok(None) => return Ok(()),
+            Ok(Some(record)) => record.clone(),
+        };
+        let out = &mut self.out;
+        match record {
+            Record::Namespace(r) => out.namespaces.push(r),
+            Record::Service(r) => out.services.push(r),
+            Record::Workload(w) => {
+                if let Some(other) = self.pod_ips.insert(w.ip, format!("{namespace}/{name}")) {
+                    tracing::warn!(file = %file.display(), object = %o.object, ip = %w.ip, other,
+                        "pod IP shared with another pod: lookups by IP find the first");
+                }
+                out.workloads.push(w);
+            }
+            Record::Slice(r) => out.slices.push(r),
+            Record::Waypoint(r) => out.waypoints.push(r),
+            Record::HttpRoute(r) => out.http_routes.push(r),
+            Record::GrpcRoute(r) => out.grpc_routes.push(r),
+            Record::ReferenceGrant(r) => out.reference_grants.push(r),
+            Record::DestinationRule(r) => out.destination_rules.push(r),
+            Record::AuthorizationPolicy(r) => out.authorization_policies.push(r),
+            Record::RequestAuthentication(r) => out.request_authentications.push(r),
+        }
+        Ok(())
+    }
+}
+
+/// Reads the objects of one chunk into its [`Chunk`].
+struct Reader<'a> {
+    file: &'a Path,
+    /// The document being read (from 1).
+    n: usize,
+    out: Chunk,
+}
+
+impl Reader<'_> {
+    /// Records an error of the document (no object name yet); false: stop reading.
+    fn fail(&mut self, e: ConfigError) -> bool {
+        self.out.outcomes.push((self.n, Outcome::Document(e)));
+        false
+    }
+
+    /// Reads one object (or the items of a `List`); false when it recorded an error, which ends the chunk.
+    fn object(&mut self, prefix: &str, value: Value) -> bool {
+        let (file, n) = (self.file, self.n);
         let doc = Ctx {
             file,
             object: format!("document {n}"),
             prefix,
         };
         let Value::Mapping(map) = &value else {
-            return Err(doc.err(
+            return self.fail(doc.err(
                 "",
                 "expected a Kubernetes object (a mapping with apiVersion, kind, metadata)",
             ));
@@ -258,16 +431,20 @@ impl Parser {
                 Some(_) => Err(doc.err(key, format!("{key} must be a string"))),
             }
         };
-        let kind = text("kind")?;
-        let api_version = text("apiVersion")?;
+        let (kind, api_version) = match (text("kind"), text("apiVersion")) {
+            (Ok(kind), Ok(api_version)) => (kind, api_version),
+            (Err(e), _) | (_, Err(e)) => return self.fail(e),
+        };
         if kind == "List" && api_version == "v1" {
             let Some(Value::Sequence(items)) = map.get("items") else {
-                return Err(doc.err("items", "a List needs a sequence of items"));
+                return self.fail(doc.err("items", "a List needs a sequence of items"));
             };
             for (i, item) in items.iter().enumerate() {
-                self.object(file, n, &format!("{prefix}items[{i}]."), item.clone())?;
+                if !self.object(&format!("{prefix}items[{i}]."), item.clone()) {
+                    return false;
+                }
             }
-            return Ok(());
+            return true;
         }
         let Some(k) = Kind::of(api_version, kind) else {
             let key = if Kind::is_known_name(kind) {
@@ -275,14 +452,13 @@ impl Parser {
             } else {
                 kind.to_string()
             };
-            let count = self.out.skipped.entry(key).or_default();
-            *count += 1;
-            // Once per kind and load: a directory of many such objects should not flood the log.
-            if *count == 1 {
-                tracing::warn!(file = %file.display(), document = n, kind, api_version,
-                    "skipping a kind not read (further ones counted in Mesh::skipped)");
-            }
-            return Ok(());
+            let skipped = Outcome::Skipped {
+                key,
+                kind: kind.to_string(),
+                api_version: api_version.to_string(),
+            };
+            self.out.outcomes.push((n, skipped));
+            return true;
         };
         let meta = map.get("metadata");
         let meta_str = |key: &str| {
@@ -291,7 +467,7 @@ impl Parser {
                 .filter(|s| !s.is_empty())
         };
         let Some(name) = meta_str("name") else {
-            return Err(doc.err("metadata.name", format!("{kind} has no metadata.name")));
+            return self.fail(doc.err("metadata.name", format!("{kind} has no metadata.name")));
         };
         let namespace = if k.namespaced() {
             meta_str("namespace").unwrap_or("default")
@@ -308,281 +484,69 @@ impl Parser {
             object,
             prefix,
         };
-        let key = (k, namespace.to_string(), name.to_string());
-        if let Some(first) = self.seen.get(&key) {
-            return Err(ctx.err(
-                "metadata.name",
-                format!("duplicate {kind}: already defined in {}", first.display()),
-            ));
-        }
-        self.seen.insert(key, file.to_path_buf());
         let (namespace, name) = (namespace.to_string(), name.to_string());
-        match k {
-            Kind::Namespace => self.namespace(&ctx, ctx.typed(value)?),
-            Kind::Service => self.service(&ctx, namespace, name, ctx.typed(value)?),
-            Kind::Pod => self.pod(&ctx, namespace, name, ctx.typed(value)?),
-            Kind::EndpointSlice => self.slice(&ctx, namespace, ctx.typed(value)?),
-            Kind::Gateway => self.gateway(&ctx, namespace, name, ctx.typed(value)?),
-            Kind::HttpRoute => {
-                let route = routes::http_route(&ctx, namespace, ctx.typed(value)?)?;
-                self.out.http_routes.push(route);
-                Ok(())
-            }
-            Kind::GrpcRoute => {
-                let route = routes::grpc_route(&ctx, namespace, ctx.typed(value)?)?;
-                self.out.grpc_routes.push(route);
-                Ok(())
-            }
-            Kind::ReferenceGrant => {
-                let grant = routes::reference_grant(&ctx, namespace, ctx.typed(value)?)?;
-                self.out.reference_grants.push(grant);
-                Ok(())
-            }
-            Kind::DestinationRule => {
-                let rule = destination::destination_rule(&ctx, namespace, name, ctx.typed(value)?)?;
-                self.out.destination_rules.push(rule);
-                Ok(())
-            }
-            Kind::AuthorizationPolicy => {
-                let p = security::authorization_policy(&ctx, namespace, name, ctx.typed(value)?)?;
-                self.out.authorization_policies.push(p);
-                Ok(())
-            }
-            Kind::RequestAuthentication => {
-                let r = security::request_authentication(&ctx, namespace, name, ctx.typed(value)?)?;
-                self.out.request_authentications.push(r);
-                Ok(())
-            }
-        }
-    }
-
-    fn namespace(&mut self, _ctx: &Ctx<'_>, ns: core::Namespace) -> Result<(), ConfigError> {
-        let name = ns.metadata.name.unwrap_or_default();
-        self.out.namespaces.push(Namespace {
-            name,
-            labels: ns.metadata.labels.unwrap_or_default(),
-        });
-        Ok(())
-    }
-
-    fn service(
-        &mut self,
-        ctx: &Ctx<'_>,
-        namespace: String,
-        name: String,
-        svc: core::Service,
-    ) -> Result<(), ConfigError> {
-        let spec = svc.spec.unwrap_or_default();
-        let vip = match spec.cluster_ip.as_deref() {
-            None | Some("" | "None") => None,
-            Some(ip) => Some(ctx.ip(|| "spec.clusterIP".into(), ip)?),
-        };
-        if let Some(vip) = vip {
-            if let Some(other) = self.vips.insert(vip, format!("{namespace}/{name}")) {
-                return Err(ctx.err(
-                    "spec.clusterIP",
-                    format!("{vip} is already the clusterIP of Service {other}"),
-                ));
-            }
-        }
-        let mut ports = Vec::new();
-        for (i, p) in spec.ports.unwrap_or_default().into_iter().enumerate() {
-            let port = ctx.port(|| format!("spec.ports[{i}].port"), p.port)?;
-            let target_field = || format!("spec.ports[{i}].targetPort");
-            let target_port = match p.target_port {
-                None => TargetPort::Number(port),
-                Some(IntOrString::Int(n)) => TargetPort::Number(ctx.port(target_field, n)?),
-                Some(IntOrString::String(s)) => match s.parse::<i32>() {
-                    Ok(n) => TargetPort::Number(ctx.port(target_field, n)?),
-                    Err(_) if s.is_empty() => TargetPort::Number(port),
-                    Err(_) => TargetPort::Name(s),
-                },
-            };
-            let name = p.name.filter(|n| !n.is_empty());
-            ports.push(ServicePort {
-                name,
-                port,
-                target_port,
-                app_protocol: p.app_protocol,
-            });
-        }
-        self.out.services.push(Service {
-            name,
-            namespace,
+        let key = (k, namespace.clone(), name.clone());
+        let kind = kind.to_string();
+        let mut vip = None;
+        let result = typed(&ctx, k, namespace, name, value, &mut vip);
+        let ok = result.is_ok();
+        let object = Object {
+            key,
+            kind,
+            object: ctx.object,
+            prefix: prefix.to_string(),
             vip,
-            ports,
-            selector: spec.selector.unwrap_or_default(),
-            labels: svc.metadata.labels.unwrap_or_default(),
-            waypoint: None,
-        });
-        Ok(())
+            result,
+        };
+        self.out
+            .outcomes
+            .push((n, Outcome::Object(Box::new(object))));
+        ok
     }
+}
 
-    fn pod(
-        &mut self,
-        ctx: &Ctx<'_>,
-        namespace: String,
-        name: String,
-        pod: core::Pod,
-    ) -> Result<(), ConfigError> {
-        let spec = pod.spec.unwrap_or_default();
-        let status = pod.status.unwrap_or_default();
-        let mut ip = match status.pod_ip.as_deref().filter(|s| !s.is_empty()) {
-            Some(s) => Some(ctx.ip(|| "status.podIP".into(), s)?),
-            None => None,
-        };
-        for (i, pip) in status.pod_ips.iter().flatten().enumerate() {
-            let parsed = ctx.ip(|| format!("status.podIPs[{i}].ip"), &pip.ip)?;
-            ip.get_or_insert(parsed);
+/// Deserializes a named object of kind `k` and reduces it to its record; `vip`: a Service's VIP, once read.
+fn typed(
+    ctx: &Ctx<'_>,
+    k: Kind,
+    namespace: String,
+    name: String,
+    value: Value,
+    vip: &mut Option<IpAddr>,
+) -> Result<Option<Record>, ConfigError> {
+    Ok(Some(match k {
+        Kind::Namespace => Record::Namespace(namespace_record(ctx.typed(value)?)),
+        Kind::Service => Record::Service(service(ctx, namespace, name, ctx.typed(value)?, vip)?),
+        Kind::Pod => return Ok(pod(ctx, namespace, name, ctx.typed(value)?)?.map(Record::Workload)),
+        Kind::EndpointSlice => {
+            return Ok(slice(ctx, namespace, ctx.typed(value)?)?.map(Record::Slice))
         }
-        let mut named_ports = BTreeMap::new();
-        for (ci, c) in spec.containers.iter().enumerate() {
-            for (pi, p) in c.ports.iter().flatten().enumerate() {
-                let port = ctx.port(
-                    || format!("spec.containers[{ci}].ports[{pi}].containerPort"),
-                    p.container_port,
-                )?;
-                if let Some(n) = p.name.as_ref().filter(|n| !n.is_empty()) {
-                    named_ports.entry(n.clone()).or_insert(port);
-                }
-            }
+        Kind::Gateway => {
+            return Ok(gateway(ctx, namespace, name, ctx.typed(value)?)?.map(Record::Waypoint))
         }
-        let Some(ip) = ip else {
-            tracing::debug!(file = %ctx.file.display(), object = %ctx.object, "pod has no IP yet: not a workload");
-            return Ok(());
-        };
-        if let Some(other) = self.pod_ips.insert(ip, format!("{namespace}/{name}")) {
-            tracing::warn!(file = %ctx.file.display(), object = %ctx.object, %ip, other,
-                "pod IP shared with another pod: lookups by IP find the first");
+        Kind::HttpRoute => {
+            Record::HttpRoute(routes::http_route(ctx, namespace, ctx.typed(value)?)?)
         }
-        let service_account = spec
-            .service_account_name
-            .or(spec.service_account)
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| "default".into());
-        self.out.workloads.push(Workload {
+        Kind::GrpcRoute => {
+            Record::GrpcRoute(routes::grpc_route(ctx, namespace, ctx.typed(value)?)?)
+        }
+        Kind::ReferenceGrant => {
+            Record::ReferenceGrant(routes::reference_grant(ctx, namespace, ctx.typed(value)?)?)
+        }
+        Kind::DestinationRule => Record::DestinationRule(destination::destination_rule(
+            ctx,
+            namespace,
             name,
+            ctx.typed(value)?,
+        )?),
+        Kind::AuthorizationPolicy => Record::AuthorizationPolicy(security::authorization_policy(
+            ctx,
             namespace,
-            ip,
-            labels: pod.metadata.labels.unwrap_or_default(),
-            service_account,
-            node: spec.node_name.filter(|n| !n.is_empty()),
-            ambient: false,
-            named_ports,
-        });
-        Ok(())
-    }
-
-    fn slice(
-        &mut self,
-        ctx: &Ctx<'_>,
-        namespace: String,
-        slice: EndpointSlice,
-    ) -> Result<(), ConfigError> {
-        let labels = slice.metadata.labels.unwrap_or_default();
-        let Some(service) = labels.get(SERVICE_NAME).filter(|s| !s.is_empty()) else {
-            tracing::warn!(file = %ctx.file.display(), object = %ctx.object, "EndpointSlice without {SERVICE_NAME}: ignored");
-            return Ok(());
-        };
-        if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
-            tracing::debug!(file = %ctx.file.display(), object = %ctx.object, "EndpointSlice of non-IP addresses: ignored");
-            return Ok(());
-        }
-        let mut ports = Vec::new();
-        for (i, p) in slice.ports.unwrap_or_default().into_iter().enumerate() {
-            let Some(port) = p.port else { continue };
-            ports.push((
-                p.name.filter(|n| !n.is_empty()),
-                ctx.port(|| format!("ports[{i}].port"), port)?,
-            ));
-        }
-        let mut endpoints = Vec::new();
-        for (i, ep) in slice.endpoints.into_iter().enumerate() {
-            let addresses = ep
-                .addresses
-                .iter()
-                .enumerate()
-                .map(|(j, a)| ctx.ip(|| format!("endpoints[{i}].addresses[{j}]"), a))
-                .collect::<Result<Vec<_>, _>>()?;
-            if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
-                continue;
-            }
-            let pod = ep
-                .target_ref
-                .filter(|r| r.kind.as_deref() == Some("Pod"))
-                .and_then(|r| {
-                    let ns = r
-                        .namespace
-                        .filter(|n| !n.is_empty())
-                        .unwrap_or_else(|| namespace.clone());
-                    Some((ns, r.name?))
-                });
-            endpoints.push(SliceEndpoint { addresses, pod });
-        }
-        self.out.slices.push(Slice {
-            namespace,
-            service: service.clone(),
-            ports,
-            endpoints,
-        });
-        Ok(())
-    }
-
-    fn gateway(
-        &mut self,
-        ctx: &Ctx<'_>,
-        namespace: String,
-        name: String,
-        gw: Gateway,
-    ) -> Result<(), ConfigError> {
-        let mut hbone_port = None;
-        let mut allowed = (RouteNamespaces::Same, Vec::new());
-        for (i, l) in gw.spec.listeners.iter().enumerate() {
-            let port = ctx.port(|| format!("spec.listeners[{i}].port"), l.port)?;
-            if l.protocol == "HBONE" && hbone_port.is_none() {
-                hbone_port = Some(port);
-                allowed = routes::allowed_routes(ctx, i, l.allowed_routes.as_ref())?;
-            }
-        }
-        if gw.spec.gateway_class_name != WAYPOINT_CLASS {
-            tracing::debug!(file = %ctx.file.display(), object = %ctx.object, "Gateway of another class: ignored");
-            return Ok(());
-        }
-        let is_ip = |ty: Option<&str>| ty.is_none_or(|t| t == "IPAddress");
-        let mut ip = None;
-        for (i, a) in gw
-            .status
-            .iter()
-            .flat_map(|s| s.addresses.iter().flatten())
-            .enumerate()
-        {
-            if is_ip(a.r#type.as_deref()) {
-                let parsed = ctx.ip(|| format!("status.addresses[{i}].value"), &a.value)?;
-                ip.get_or_insert(parsed);
-            }
-        }
-        for (i, a) in gw.spec.addresses.iter().flatten().enumerate() {
-            if let (true, Some(v)) = (
-                is_ip(a.r#type.as_deref()),
-                a.value.as_deref().filter(|v| !v.is_empty()),
-            ) {
-                let parsed = ctx.ip(|| format!("spec.addresses[{i}].value"), v)?;
-                ip.get_or_insert(parsed);
-            }
-        }
-        let labels = gw.metadata.labels.unwrap_or_default();
-        let waypoint_for = labels
-            .get(WAYPOINT_FOR)
-            .filter(|v| !v.is_empty())
-            .map_or("service", |v| v.as_str());
-        self.out.waypoints.push(Waypoint {
             name,
-            namespace,
-            waypoint_for: waypoint_for.to_string(),
-            addr: ip.map(|ip| SocketAddr::new(ip, hbone_port.unwrap_or(HBONE_PORT))),
-            route_namespaces: allowed.0,
-            route_kinds: allowed.1,
-        });
-        Ok(())
-    }
+            ctx.typed(value)?,
+        )?),
+        Kind::RequestAuthentication => Record::RequestAuthentication(
+            security::request_authentication(ctx, namespace, name, ctx.typed(value)?)?,
+        ),
+    }))
 }
