@@ -33,7 +33,8 @@ mod parents;
 mod rules;
 mod spec;
 
-use std::collections::{BTreeMap, HashMap};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -217,12 +218,27 @@ pub(crate) struct Cx<'a> {
     pub grants: backends::Grants<'a>,
     /// Destination Service ports resolved so far (policy, state handles, endpoints).
     pub destinations: destinations::Destinations<'a>,
+    /// Regular expressions compiled so far, by pattern as written (see [`Cx::regex`]).
+    pub regexes: RefCell<HashMap<String, regex::Regex>>,
 }
 
 impl Cx<'_> {
     /// Service `svc`'s port `port` as a destination (resolved once per compile).
     pub fn destination(&self, svc: &Service, port: u16) -> std::rc::Rc<destinations::Destination> {
         self.destinations.get(self.mesh, self.spec, svc, port)
+    }
+
+    /// `pattern`, anchored ([`super::matching::anchored`]) and compiled once per compile: matches with the same
+    /// pattern share one compiled program (a `Regex` clone shares it; each search has state of its own).
+    pub fn regex(&self, pattern: &str) -> Result<regex::Regex, regex::Error> {
+        if let Some(r) = self.regexes.borrow().get(pattern) {
+            return Ok(r.clone());
+        }
+        let r = super::matching::anchored(pattern)?;
+        self.regexes
+            .borrow_mut()
+            .insert(pattern.to_string(), r.clone());
+        Ok(r)
     }
 }
 
@@ -266,8 +282,19 @@ pub(crate) fn compile_tables_with_state(
     state: &ResilienceState,
     scope: Scope,
 ) -> Result<(Tables, Vec<RouteStatus>), ConfigError> {
+    // The Services bound here, by name: a small set, so checking every route of a large mesh against it does
+    // not walk the mesh-wide service index (the same answer as `Mesh::service`: the service a name finds).
+    let bound: HashSet<(&str, &str)> = mesh
+        .services_of_waypoint(&spec.gateway)
+        .into_iter()
+        .filter(|s| {
+            mesh.service(&s.namespace, &s.name)
+                .is_some_and(|f| std::ptr::eq(f, *s))
+        })
+        .map(|s| (s.namespace.as_str(), s.name.as_str()))
+        .collect();
     let served =
-        |ns: &str, p: spec::ParentName<'_>| parents::names_waypoint(mesh, &spec.gateway, ns, p);
+        |ns: &str, p: spec::ParentName<'_>| parents::names_waypoint(&bound, &spec.gateway, ns, p);
     let keep: spec::Keep<'_> = match scope {
         Scope::Served => Some(&served),
         Scope::Mesh => None,
@@ -278,13 +305,14 @@ pub(crate) fn compile_tables_with_state(
         spec,
         grants: backends::Grants::new(mesh),
         destinations: destinations::Destinations::new(state),
+        regexes: RefCell::default(),
     };
     let mut statuses = Vec::new();
     // (service namespace, service name) → (route, port filter, section filter, role); Gateway routes apart.
     type Attach = (usize, Option<u16>, Option<String>, Role);
     let mut by_service: HashMap<(String, String), Vec<Attach>> = HashMap::new();
     let mut on_gateway: Vec<usize> = Vec::new();
-    let mut compiled = Vec::with_capacity(routes.len());
+    let mut compiled: Vec<rules::CompiledRoute> = Vec::with_capacity(routes.len());
     for (ri, route) in routes.iter().enumerate() {
         let outcomes: Vec<_> = route
             .body
@@ -320,7 +348,9 @@ pub(crate) fn compile_tables_with_state(
         }
         compiled.push(c);
     }
-    let mut tables = HashMap::new();
+    // Each table's (route, role) list first, so a route's rules and matches are moved into the last table that
+    // takes them rather than cloned (most routes attach to one table).
+    let mut plans = Vec::new();
     for svc in mesh.services_of_waypoint(&spec.gateway) {
         let Some(vip) = svc.vip else { continue };
         let attached = by_service.get(&(svc.namespace.clone(), svc.name.clone()));
@@ -343,11 +373,35 @@ pub(crate) fn compile_tables_with_state(
                 .collect();
             roles.sort_unstable();
             roles.dedup();
-            let table = build_table(&cx, svc, port.port, &routes, &compiled, &roles);
-            tables.insert(SocketAddr::new(vip, port.port), Arc::new(table));
+            plans.push((SocketAddr::new(vip, port.port), svc, port.port, roles));
         }
     }
+    let mut uses = Uses {
+        tables: vec![0; routes.len()],
+        entries: vec![0; routes.len()],
+    };
+    for (_, _, _, roles) in &plans {
+        for (i, &(ri, _)) in roles.iter().enumerate() {
+            uses.entries[ri] += 1;
+            // Sorted: a route's entries (producer, consumer) are adjacent.
+            if i == 0 || roles[i - 1].0 != ri {
+                uses.tables[ri] += 1;
+            }
+        }
+    }
+    let mut tables = HashMap::with_capacity(plans.len());
+    for (addr, svc, port, roles) in plans {
+        let table = build_table(&cx, svc, port, &routes, &mut compiled, &mut uses, &roles);
+        tables.insert(addr, Arc::new(table));
+    }
     Ok((tables, statuses))
+}
+
+/// Per route, how many tables (for its rules) and (table, role) entries (for its matches) still take it: the
+/// last one moves them out of the compiled route instead of cloning.
+struct Uses {
+    tables: Vec<usize>,
+    entries: Vec<usize>,
 }
 
 /// One Service port's table from the accepted routes attached to it.
@@ -356,7 +410,8 @@ fn build_table(
     svc: &Service,
     port: u16,
     routes: &[spec::RouteSpec],
-    compiled: &[rules::CompiledRoute],
+    compiled: &mut [rules::CompiledRoute],
+    uses: &mut Uses,
     roles: &[(usize, Role)],
 ) -> RouteTable {
     let mut rules: Vec<Rule> = Vec::new();
@@ -364,23 +419,36 @@ fn build_table(
     let mut producer = Vec::new();
     let mut consumers: HashMap<String, Vec<_>> = HashMap::new();
     for &(ri, role) in roles {
-        let (route, c) = (&routes[ri], &compiled[ri]);
+        let (route, c) = (&routes[ri], &mut compiled[ri]);
         let offset = *offsets.entry(ri).or_insert_with(|| {
-            rules.extend(c.rules.iter().cloned());
-            rules.len() - c.rules.len()
+            let n = c.rules.len();
+            uses.tables[ri] -= 1;
+            if uses.tables[ri] == 0 {
+                rules.append(&mut c.rules);
+            } else {
+                rules.extend(c.rules.iter().cloned());
+            }
+            rules.len() - n
         });
         let entries = match role {
             Role::Producer => &mut producer,
             Role::Consumer => consumers.entry(route.namespace.clone()).or_default(),
         };
-        for (m, rule, match_index) in &c.matches {
+        uses.entries[ri] -= 1;
+        let matches = if uses.entries[ri] == 0 {
+            std::mem::take(&mut c.matches)
+        } else {
+            c.matches.clone()
+        };
+        let name = format!("{}/{}", route.namespace, route.name);
+        for (m, rule, match_index) in matches {
             let origin = Origin {
                 created: route.created.clone(),
-                route: format!("{}/{}", route.namespace, route.name),
-                rule: *rule,
-                match_index: *match_index,
+                route: name.clone(),
+                rule,
+                match_index,
             };
-            entries.push((m.clone(), origin, offset + rule));
+            entries.push((m, origin, offset + rule));
         }
     }
     if producer.is_empty() {
@@ -411,83 +479,4 @@ fn build_table(
 }
 
 #[cfg(test)]
-mod tests {
-    use mesh::config::GatewayRef;
-
-    use super::*;
-
-    /// Namespace `a` uses waypoint `a/wp`, namespace `b` waypoint `b/wp`; a route on each one's Service, one
-    /// on `a`'s Gateway, and one on a Service of no waypoint.
-    const MESH: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: a, labels: {istio.io/use-waypoint: wp}}
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: b, labels: {istio.io/use-waypoint: wp}}
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: c}
-"#;
-
-    fn mesh() -> Mesh {
-        let mut text = MESH.to_string();
-        for ns in ["a", "b", "c"] {
-            text.push_str(&format!(
-                "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: wp, namespace: {ns}}}\n\
-                 spec: {{gatewayClassName: istio-waypoint, listeners: [{{name: mesh, port: 15008, protocol: HBONE}}]}}\n\
-                 ---\napiVersion: v1\nkind: Service\nmetadata: {{name: svc, namespace: {ns}}}\n\
-                 spec: {{clusterIP: 10.0.0.{n}, ports: [{{port: 80}}]}}\n\
-                 ---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: {ns}}}\n\
-                 spec: {{parentRefs: [{{group: \"\", kind: Service, name: svc}}], rules: [{{backendRefs: [{{name: svc, port: 80}}]}}]}}\n",
-                n = ns.as_bytes()[0]
-            ));
-        }
-        text.push_str(
-            "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: g, namespace: a}\n\
-             spec: {parentRefs: [{name: wp}], rules: [{backendRefs: [{name: svc, port: 80}]}]}\n",
-        );
-        Mesh::from_documents(&[("m.yaml".into(), text)], "cluster.local").unwrap()
-    }
-
-    fn routes(statuses: &[RouteStatus]) -> Vec<String> {
-        let mut r: Vec<String> = statuses.iter().map(|s| s.route.clone()).collect();
-        r.sort();
-        r
-    }
-
-    #[test]
-    fn only_routes_with_a_parent_served_here_are_compiled() {
-        let (mesh, state) = (mesh(), ResilienceState::default());
-        let spec = WaypointSpec {
-            gateway: GatewayRef {
-                namespace: "a".into(),
-                name: "wp".into(),
-            },
-            hbone_port: 15008,
-        };
-        let (served, mine) =
-            compile_tables_with_state(&mesh, &spec, &state, Scope::Served).unwrap();
-        let (all, every) = compile_tables_with_state(&mesh, &spec, &state, Scope::Mesh).unwrap();
-        assert_eq!(routes(&mine), ["HTTPRoute a/g", "HTTPRoute a/r"]);
-        assert_eq!(
-            routes(&every),
-            [
-                "HTTPRoute a/g",
-                "HTTPRoute a/r",
-                "HTTPRoute b/r",
-                "HTTPRoute c/r"
-            ]
-        );
-        assert!(mine.iter().all(|s| !s.has_errors()), "{mine:#?}");
-        assert_eq!(served.len(), 1);
-        let rules = |t: &Tables| -> Vec<String> {
-            t.values()
-                .flat_map(|t| t.rules.iter().map(|r| r.name.clone()))
-                .collect()
-        };
-        assert_eq!(rules(&served), rules(&all));
-    }
-}
+mod tests;

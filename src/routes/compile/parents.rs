@@ -6,7 +6,9 @@
 //! `allowedRoutes` (namespaces `Same` by default; kinds). Anything else is `Accepted=False` with
 //! `NoMatchingParent` (or `NotAllowedByListeners`), saying why.
 
-use mesh::config::{GatewayRef, Mesh, RouteNamespaces};
+use std::collections::HashSet;
+
+use mesh::config::{GatewayRef, RouteNamespaces};
 
 use super::rules::CompiledRoute;
 use super::spec::{ParentName, ParentRef, RouteSpec};
@@ -39,10 +41,10 @@ pub(crate) struct Outcome {
 }
 
 /// Whether a parent reference of a route in `route_namespace` names something waypoint `gw` serves: a Service
-/// bound to it, or its Gateway (cheap, before the route is read: whether the route concerns this waypoint at
+/// bound to it (in `bound`, `(namespace, name)` of the Services bound to `gw`), or its Gateway (cheap, before the route is read: whether the route concerns this waypoint at
 /// all; [`resolve`] then says whether it attaches).
 pub(crate) fn names_waypoint(
-    mesh: &Mesh,
+    bound: &HashSet<(&str, &str)>,
     gw: &GatewayRef,
     route_namespace: &str,
     p: ParentName<'_>,
@@ -53,9 +55,7 @@ pub(crate) fn names_waypoint(
         .group
         .unwrap_or(if kind == "Service" { "" } else { GATEWAY_GROUP });
     match (group, kind) {
-        ("", "Service") => mesh
-            .service(namespace, p.name)
-            .is_some_and(|s| s.waypoint.as_ref() == Some(gw)),
+        ("", "Service") => bound.contains(&(namespace, p.name)),
         (GATEWAY_GROUP, "Gateway") => gw.namespace == namespace && gw.name == p.name,
         _ => false,
     }

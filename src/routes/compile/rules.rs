@@ -169,7 +169,10 @@ fn http_path(
         )),
         "Exact" => Ok(Some(PathMatch::Exact(value.to_string()))),
         "PathPrefix" => Ok(Some(PathMatch::prefix(value))),
-        "RegularExpression" => Ok(regex(rc, &field, PathMatch::regex(value))),
+        "RegularExpression" => {
+            let r = rc.cx.regex(value).map(PathMatch::Regex);
+            Ok(regex(rc, &field, r))
+        }
         other => {
             rc.unsupported(&format!("{field}.type"), format!("path match type {other}"));
             Ok(None)
@@ -204,15 +207,15 @@ fn grpc_path(
         }
         ("Exact", Some(s), Some(m)) => Ok(Some(PathMatch::Exact(format!("/{s}/{m}")))),
         ("Exact", Some(s), None) => Ok(Some(PathMatch::prefix(&format!("/{s}")))),
-        ("Exact", None, Some(m)) => Ok(regex(
-            rc,
-            &field,
-            PathMatch::regex(&format!("/[^/]+/{}", regex::escape(m))),
-        )),
+        ("Exact", None, Some(m)) => {
+            let r = rc.cx.regex(&format!("/[^/]+/{}", regex::escape(m)));
+            Ok(regex(rc, &field, r.map(PathMatch::Regex)))
+        }
         ("RegularExpression", s, m) => {
             let part = |p: Option<&str>| p.map_or("[^/]+".to_string(), |p| format!("(?:{p})"));
             let pattern = format!("/{}/{}", part(s), part(m));
-            Ok(regex(rc, &field, PathMatch::regex(&pattern)))
+            let r = rc.cx.regex(&pattern).map(PathMatch::Regex);
+            Ok(regex(rc, &field, r))
         }
         (other, _, _) => {
             rc.unsupported(
@@ -265,7 +268,10 @@ fn values(
         }
         let value = match v.ty.as_deref().unwrap_or("Exact") {
             "Exact" => Some(StringMatch::Exact(v.value.clone())),
-            "RegularExpression" => regex(rc, &field, StringMatch::regex(&v.value)),
+            "RegularExpression" => {
+                let r = rc.cx.regex(&v.value).map(StringMatch::Regex);
+                regex(rc, &field, r)
+            }
             other => {
                 rc.unsupported(&format!("{field}.type"), format!("match type {other}"));
                 None

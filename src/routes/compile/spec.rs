@@ -283,8 +283,18 @@ pub(crate) fn routes(mesh: &Mesh, keep: Keep<'_>) -> Result<Vec<RouteSpec>, Conf
 }
 
 /// The neutral form of a generated type of the same shape.
+///
+/// Through JSON text rather than a [`Value`] tree: the tree costs an allocation per object, key and string, and
+/// the conversion of every served route is most of a compile. Should the text not convert, the tree path runs
+/// again for its error message (the message a config error has always carried).
 fn neutral<T: serde::Serialize, U: serde::de::DeserializeOwned>(spec: &T) -> Result<U, String> {
-    serde_json::to_value(spec)
-        .and_then(serde_json::from_value)
-        .map_err(|e| e.to_string())
+    let fast = serde_json::to_vec(spec)
+        .ok()
+        .and_then(|text| serde_json::from_slice(&text).ok());
+    match fast {
+        Some(v) => Ok(v),
+        None => serde_json::to_value(spec)
+            .and_then(serde_json::from_value)
+            .map_err(|e| e.to_string()),
+    }
 }
