@@ -146,10 +146,11 @@ pub async fn tcp_connect(addr: SocketAddr) -> Result<TcpStream, OutboundError> {
     }
 }
 
-/// Each direction's copy buffer in [`splice`]: 64 KiB (tokio's default is 8 KiB), so a bulk transfer moves in
-/// 64 KiB reads and writes (fewer syscalls and h2 DATA frames); 128 KiB per spliced connection, allocated when it
-/// starts and freed when it ends. 256 KiB buffers measured no faster (`cargo bench -p mesh --bench hbone`).
-pub const SPLICE_BUFFER: usize = 64 << 10;
+/// Each direction's copy buffer in [`splice`]: 16 KiB (tokio's default is 8 KiB; one TLS record or default h2
+/// frame, so a copy never splits one), 32 KiB per spliced connection, allocated when it starts and freed when it
+/// ends. 64 KiB buffers moved a bulk stream faster (`cargo bench -p mesh --bench hbone`) but cost 128 KiB per
+/// open connection: 32 MiB of a node proxy's RSS at 256 keep-alive connections (issue 7 full-chain run).
+pub const SPLICE_BUFFER: usize = 16 << 10;
 
 /// Copies bytes both ways until both directions ended, forwarding each half-close (EOF → shutdown of the other
 /// side's write half). Errors (a reset) end both directions; they are logged, not returned.
