@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use mesh::config::{ConfigError, Live, Mesh, ParseCache, DEFAULT_TRUST_DOMAIN};
+use mesh::config::{ConfigError, Live, DEFAULT_TRUST_DOMAIN};
 use mesh::identity::{CertPaths, CertStore, Identity};
 use mesh::ops::LogControl;
 use push::{Access, ControlPlane};
@@ -229,14 +229,10 @@ async fn watch_kube(
 ) -> anyhow::Result<kube_source::ApiWatchGuard> {
     // The `Live` only records the published system version and the last rejection.
     let live: Arc<Live<u64>> = Arc::new(Live::new(0));
-    let (cp2, td) = (cp.clone(), trust_domain.to_string());
-    // Renders run one at a time, off the request path: the lock is never contended.
-    let cache = std::sync::Mutex::new(ParseCache::new());
+    let cp2 = cp.clone();
+    let parse = kube_source::cached_parse(trust_domain.to_string());
     let publish = move |docs: &[(PathBuf, String)]| {
-        {
-            let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
-            Mesh::from_documents_cached(docs, &td, &mut cache)?;
-        }
+        parse(docs)?;
         cp2.publish(docs).map_err(|e| ConfigError {
             file: e.file.clone(),
             object: String::new(),
@@ -251,13 +247,7 @@ async fn watch_kube(
         live.clone(),
         publish,
     );
-    let mut renders = guard.subscribe_renders();
-    guard.ready().await;
-    let _ = renders.wait_for(|n| *n >= 1).await;
-    if live.generation() == 1 {
-        let why = live
-            .last_error()
-            .map_or("no config".into(), |e| e.to_string());
+    if let Err(why) = guard.first_render(&live).await {
         anyhow::bail!("the config from the API server does not load: {why}");
     }
     Ok(guard)

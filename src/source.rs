@@ -209,15 +209,10 @@ pub(crate) async fn load(
                     Ok(snapshot)
                 },
             );
-            let mut renders = watch.subscribe_renders();
-            watch.ready().await;
-            let _ = renders.wait_for(|n| *n >= 1).await;
-            if live.generation() == 1 {
-                let why = live
-                    .last_error()
-                    .map_or("no config".into(), |e| e.to_string());
+            if let Err(why) = watch.first_render(&live).await {
                 anyhow::bail!("the config from the API server does not compile: {why}");
             }
+            let renders = watch.subscribe_renders();
             let mesh = lock(&latest).clone().context("no config compiled")?;
             let (status, leader) = if kube.write_status {
                 start_status(&kube, spec, &live, latest, renders, listen)

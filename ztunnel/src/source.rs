@@ -117,13 +117,7 @@ pub(crate) async fn load(
                 live.clone(),
                 compile,
             );
-            let mut renders = guard.subscribe_renders();
-            guard.ready().await;
-            let _ = renders.wait_for(|n| *n >= 1).await;
-            if live.generation() == 1 {
-                let why = live
-                    .last_error()
-                    .map_or("no config".into(), |e| e.to_string());
+            if let Err(why) = guard.first_render(&live).await {
                 bail!("the config from the API server does not compile: {why}");
             }
             Ok((live, ConfigGuard::Kube(guard)))

@@ -30,4 +30,4 @@ pub use kinds::Kind;
 pub use lease::{elect, LeaderGuard, Leadership, LeaseConfig};
 pub use status::{DesiredStatus, ObjectRef, StatusWriter, SyncReport};
 pub use store::document_path;
-pub use watch::{watch_api, watch_api_documents, ApiWatchGuard, WatchOptions};
+pub use watch::{cached_parse, watch_api, watch_api_documents, ApiWatchGuard, WatchOptions};

@@ -108,15 +108,23 @@ where
     T: Send + Sync + 'static,
     F: Fn(&Mesh) -> Result<T, ConfigError> + Send + Sync + 'static,
 {
+    let parse = cached_parse(trust_domain);
+    watch_api_documents(client, opts, debounce, live, move |docs| {
+        compile(&parse(docs)?)
+    })
+}
+
+/// A parse of rendered documents that re-reads only the documents that changed since its last call (its own
+/// [`ParseCache`]), for a [`watch_api_documents`] render step.
+pub fn cached_parse(
+    trust_domain: String,
+) -> impl Fn(&[(PathBuf, String)]) -> Result<Mesh, ConfigError> + Send + Sync + 'static {
     // Renders run one at a time, off the request path: the lock is never contended.
     let cache = Mutex::new(ParseCache::new());
-    watch_api_documents(client, opts, debounce, live, move |docs| {
-        let mesh = {
-            let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
-            Mesh::from_documents_cached(docs, &trust_domain, &mut cache)?
-        };
-        compile(&mesh)
-    })
+    move |docs| {
+        let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+        Mesh::from_documents_cached(docs, &trust_domain, &mut cache)
+    }
 }
 
 /// [`watch_api`] for a compile step that reads the rendered documents itself (e.g. to parse kinds the
@@ -369,6 +377,20 @@ impl ApiWatchGuard {
     /// The watchers still waiting for their initial list (`Kind`, or `Kind in namespace`), for a readiness probe.
     pub fn pending(&self) -> Vec<String> {
         self.shared.store().unlisted()
+    }
+    /// Waits for every initial list and the first render; `Err` names why that render left `live` without a
+    /// config (it still holds the value it was made with).
+    pub async fn first_render<T>(&self, live: &Live<T>) -> Result<(), String> {
+        self.ready().await;
+        let mut renders = self.subscribe_renders();
+        // The sender lives in `self.shared`, so the channel cannot close while we wait.
+        let _ = renders.wait_for(|n| *n >= 1).await;
+        if live.generation() > 1 {
+            return Ok(());
+        }
+        Err(live
+            .last_error()
+            .map_or("no config".into(), |e| e.to_string()))
     }
     /// How many renders (compile attempts, good or bad) have completed.
     pub fn renders(&self) -> u64 {
