@@ -2,6 +2,8 @@
 //! (create, patch, or nothing to do), and the conditions and addresses `status`, `list` and `--wait` read back.
 //! Pure functions over `serde_json::Value`, table-tested; the API calls live in the subcommand modules.
 
+/// One status condition: the shape route status uses.
+pub use crate::routes::status::Condition;
 use serde_json::{json, Map, Value};
 
 /// The class every waypoint Gateway has.
@@ -140,16 +142,6 @@ pub fn contains(have: &Value, want: &Value) -> bool {
         }
         (h, w) => h == w,
     }
-}
-
-/// One status condition.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Condition {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub status: String,
-    pub reason: String,
-    pub message: String,
 }
 
 /// What a Gateway's status says.

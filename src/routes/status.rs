@@ -17,7 +17,7 @@ use crate::snapshot::WaypointSpec;
 /// One condition.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Condition {
-    /// `Accepted` or `ResolvedRefs`.
+    /// `Accepted` or `ResolvedRefs` on a route; `Accepted` or `Programmed` on a Gateway.
     #[serde(rename = "type")]
     pub kind: String,
     /// `True` or `False`.
