@@ -81,9 +81,10 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("forward");
     g.throughput(Throughput::Elements(1));
     let up = balance::backend(1, Default::default()).endpoints[0].clone();
-    let relay = std::path::Path::new("/run/waypoint/relay.sock");
+    let ways = ways();
+    let opts = waypoint::upstream::TryOptions::default();
     g.bench_function("peer_hbone", |b| {
-        b.iter(|| black_box(waypoint::upstream::peer(black_box(&up), relay, None)))
+        b.iter(|| black_box(waypoint::upstream::peer(black_box(&up), &ways, opts)))
     });
     let (by, caller) = (
         Identity::new("cluster.local", "default", "waypoint"),
@@ -97,6 +98,18 @@ fn bench(c: &mut Criterion) {
         b.iter(|| black_box(black_box(&conn).xfcc(&by)))
     });
     g.finish();
+}
+
+/// The ways out of a waypoint (nothing is dialled: the benches only build peers).
+fn ways() -> waypoint::upstream::Ways {
+    let ca = mesh::devca::DevCa::generate("cluster.local").unwrap();
+    let id = Identity::new("cluster.local", "default", "waypoint");
+    let certs = mesh::identity::CertStore::new(ca.certs_for(&id).unwrap());
+    let pool = mesh::hbone::Pool::new(Default::default());
+    waypoint::upstream::Ways {
+        relay: "/run/waypoint/relay.sock".into(),
+        direct: waypoint::upstream::direct::Upstreams::new(pool, certs),
+    }
 }
 
 /// The connection info of a stream from `caller` (what `downstream::Inbound` builds per HBONE stream).
@@ -144,13 +157,14 @@ fn allocations(_: &mut Criterion) {
     );
     // Per try and per request in the proxy: the Pingora peer of an HBONE endpoint, the XFCC value.
     let up = balance::backend(1, Default::default()).endpoints[0].clone();
-    let relay = std::path::Path::new("/run/waypoint/relay.sock");
+    let ways = ways();
+    let opts = waypoint::upstream::TryOptions::default();
     let (by, caller) = (
         Identity::new("cluster.local", "default", "waypoint"),
         Identity::new("cluster.local", "default", "productpage"),
     );
     alloc::report("forward/peer_hbone", || {
-        black_box(waypoint::upstream::peer(&up, relay, None));
+        black_box(waypoint::upstream::peer(&up, &ways, opts));
     });
     alloc::report("forward/xfcc", || {
         black_box(waypoint::proxy::xfcc(&by, &caller));

@@ -5,7 +5,7 @@
 //! dropped and counted), a body larger than [`MAX_BODY`] is not mirrored, and each copy has a deadline. As
 //! Envoy does, the copy's `Host` gets a `-shadow` suffix so the shadow can tell copies apart.
 
-use std::path::PathBuf;
+use crate::upstream::direct::Upstreams;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,15 +47,15 @@ pub struct Copy {
 /// Sends mirror copies.
 #[derive(Debug)]
 pub struct Mirrors {
-    relay: PathBuf,
+    direct: Upstreams,
     permits: Arc<Semaphore>,
     pub stats: Arc<MirrorStats>,
 }
 
 impl Mirrors {
-    pub fn new(relay: PathBuf) -> Mirrors {
+    pub fn new(direct: Upstreams) -> Mirrors {
         Mirrors {
-            relay,
+            direct,
             permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             stats: Arc::default(),
         }
@@ -67,10 +67,10 @@ impl Mirrors {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        let (relay, stats) = (self.relay.clone(), self.stats.clone());
+        let (direct, stats) = (self.direct.clone(), self.stats.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            let sent = tokio::time::timeout(DEADLINE, send_one(&relay, &up, protocol, copy)).await;
+            let sent = tokio::time::timeout(DEADLINE, send_one(&direct, &up, protocol, copy)).await;
             let counter = match sent {
                 Ok(Ok(())) => &stats.sent,
                 _ => &stats.failed,
@@ -95,12 +95,12 @@ pub fn shadow_host(host: &str) -> String {
 }
 
 async fn send_one(
-    relay: &std::path::Path,
+    direct: &Upstreams,
     up: &Upstream,
     protocol: AppProtocol,
     copy: Copy,
 ) -> anyhow::Result<()> {
-    let io = TokioIo::new(upstream::open(up, relay).await?);
+    let io = TokioIo::new(upstream::open(up, direct).await?);
     let mut req = Request::builder().method(copy.method);
     let host = copy
         .headers

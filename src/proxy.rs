@@ -23,7 +23,6 @@ pub mod respond;
 pub(crate) mod stages;
 pub mod stats;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,8 +64,8 @@ pub const UPGRADED_STREAM_IDLE: Duration = Duration::from_secs(300);
 /// The waypoint's `ProxyHttp`.
 pub struct WaypointProxy {
     pub live: Arc<Live<Snapshot>>,
-    /// The HBONE relay socket (see [`crate::upstream`]).
-    pub relay: PathBuf,
+    /// The ways to destinations: the direct path and the h2c relay (see [`crate::upstream`]).
+    pub ways: crate::upstream::Ways,
     /// This waypoint's own identity (the `By=` of `x-forwarded-client-cert`).
     pub identity: Identity,
     pub stats: Arc<Stats>,
@@ -98,6 +97,8 @@ pub struct RequestCtx {
     pending_permit: Option<Permit>,
     /// The current try's connection slot (`maxConnections`).
     slot: Option<Slot>,
+    /// The current try's direct-path connector (see [`crate::upstream::direct`]).
+    link: Option<Arc<crate::upstream::direct::Link>>,
     /// The current try's request is its connection's last (`maxRequestsPerConnection`).
     last_use_of_connection: bool,
     /// The current try's endpoint and its health (for outlier detection and to avoid it on a retry).
@@ -217,6 +218,7 @@ impl ProxyHttp for WaypointProxy {
             retry_permit: None,
             pending_permit: None,
             slot: None,
+            link: None,
             last_use_of_connection: false,
             current: None,
             in_flight: None,

@@ -104,6 +104,7 @@ pub struct Waypoint {
     drained: watch::Receiver<bool>,
     serve: AbortHandle,
     relay: Relay,
+    direct: crate::upstream::direct::Upstreams,
     source: SourceGuard,
 }
 
@@ -178,11 +179,16 @@ impl Waypoint {
         let relay =
             Relay::start(pool.clone(), certs.clone()).context("starting the HBONE relay")?;
         let stats = Arc::new(Stats::default());
-        let mirrors = Arc::new(Mirrors::new(relay.path().to_path_buf()));
+        let direct = crate::upstream::direct::Upstreams::new(pool.clone(), certs.clone());
+        let ways = crate::upstream::Ways {
+            relay: relay.path().to_path_buf(),
+            direct: direct.clone(),
+        };
+        let mirrors = Arc::new(Mirrors::new(direct.clone()));
         let authz_stats: Arc<crate::proxy::authorize::AuthzStats> = Arc::default();
         let proxy = WaypointProxy {
             live: live.clone(),
-            relay: relay.path().to_path_buf(),
+            ways,
             identity: certs.identity(),
             stats: stats.clone(),
             mirrors: mirrors.clone(),
@@ -264,6 +270,7 @@ impl Waypoint {
             drained,
             serve: serve.abort_handle(),
             relay,
+            direct,
             source: guard,
         })
     }
@@ -329,6 +336,7 @@ impl Waypoint {
         }
         // No request is in flight any more: end the pooled upstream streams so destinations see a clean close.
         self.relay.close_streams();
+        self.direct.close_idle();
         finished
     }
 

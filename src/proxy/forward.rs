@@ -133,22 +133,31 @@ pub(crate) async fn plan_try(
         service: backend.breaker.id(),
         index: s.index(),
     });
-    let mut peer = upstream::peer(up, &proxy.relay, tag);
     let retry_connection = ctx.attempts.tries > 1;
-    if retry_connection {
-        // A retry never takes another pooled connection (it may be stale the same way): a one-off pool
-        // key makes Pingora open a fresh one.
-        peer.group_key = fastrand::u64(..);
-    }
-    if backend.protocol == AppProtocol::H2c {
+    let connect_timeout = match (pool.connect_timeout, timeout) {
+        (Some(c), Some(t)) => Some(c.min(t)),
+        (c, t) => c.or(t),
+    };
+    let opts = upstream::TryOptions {
+        slot: tag,
+        fresh: retry_connection,
+        h2c: backend.protocol == AppProtocol::H2c,
+        idle_timeout: pool.idle_timeout,
+        connect_timeout,
+    };
+    let (mut peer, link) = upstream::peer(up, &proxy.ways, opts);
+    ctx.link = link;
+    if opts.h2c {
         peer.options.set_http_version(2, 2);
         peer.options.max_h2_streams = 100;
     }
-    peer.options.idle_timeout = pool.idle_timeout;
-    if retry_connection {
-        // Nobody will ask for it by that key again: let it go soon after the try.
-        peer.options.idle_timeout = Some(RETRY_CONNECTION_IDLE);
-    }
+    // Pingora pools a retry's connection under a one-off key (nobody asks for it again): let it go soon.
+    // The direct path pools it with the others (`opts.fresh` only keeps the retry off the pool).
+    peer.options.idle_timeout = if retry_connection {
+        Some(RETRY_CONNECTION_IDLE)
+    } else {
+        pool.idle_timeout
+    };
     if let Some(t) = pool.connect_timeout {
         peer.options.connection_timeout = Some(t);
     }
@@ -173,9 +182,16 @@ pub(crate) fn on_connected(ctx: &mut RequestCtx, reused: bool, fd: i32) {
     let Some(chosen) = &ctx.chosen else { return };
     let backend = chosen.backend();
     let max = backend.policy.connection_pool.max_requests_per_connection;
-    ctx.last_use_of_connection = max.is_some()
-        && backend.protocol != AppProtocol::H2c
-        && last_use(USES.record(fd, reused), max);
+    if max.is_none() || backend.protocol == AppProtocol::H2c {
+        ctx.last_use_of_connection = false;
+        return;
+    }
+    // The direct path counts its connections' requests itself; Pingora's own connections by descriptor.
+    let nth = match ctx.link.as_ref().and_then(|l| l.connection_use()) {
+        Some((_, nth)) => Some(nth),
+        None => USES.record(fd, reused),
+    };
+    ctx.last_use_of_connection = last_use(nth, max);
 }
 
 /// Stage "rewrite": the caller's identity in `x-forwarded-client-cert` (never the client's value), header

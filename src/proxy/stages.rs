@@ -196,7 +196,11 @@ fn flush_mirrors(mirrors: &Mirrors, p: PendingMirrors) {
 /// The destination's answer has been read to its end: the request no longer counts against the circuit breaker
 /// or LEAST_REQUEST, before its last bytes are written to the caller (else a caller sending its next request on
 /// the answer would find the slot still held). The connection slot stays until Pingora lets go of the connection.
+/// A direct-path connection may go back to its pool ([`crate::upstream::direct`]).
 pub(crate) fn response_complete(ctx: &mut RequestCtx) {
+    if let Some(link) = &ctx.link {
+        link.complete();
+    }
     ctx.request_permit = None;
     ctx.retry_permit = None;
     ctx.pending_permit = None;

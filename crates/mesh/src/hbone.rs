@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 pub use pool::{Dial, Pool, PoolOptions, PoolStats};
 pub use server::{serve, ConnectHandler, InboundConnect, Respond, ServerOptions};
-pub use stream::H2Stream;
+pub use stream::{connection_reset, H2Stream};
 
 /// The HBONE port.
 pub const HBONE_PORT: u16 = 15008;

@@ -67,6 +67,16 @@ impl H2Stream {
         stream
     }
 
+    /// The peer has ended its side (END_STREAM received, nothing of it left unread) or reset the stream: a
+    /// write now would not reach anyone who reads it.
+    pub fn peer_ended(&self) -> bool {
+        self.recv_eof && self.pending.is_empty()
+            || self
+                .io
+                .as_ref()
+                .is_some_and(|io| self.pending.is_empty() && io.recv.is_end_stream())
+    }
+
     fn io(&mut self) -> &mut Halves {
         self.io.as_mut().expect("taken only by drop")
     }
@@ -86,6 +96,11 @@ pub(crate) fn reset(e: Option<h2::Error>) -> io::Error {
     if let Some(e) = e {
         tracing::debug!(error = %e, "hbone stream reset");
     }
+    connection_reset()
+}
+
+/// `ECONNRESET` with its OS error number, as a socket reports it (retry logic tells resets by it).
+pub fn connection_reset() -> io::Error {
     io::Error::from_raw_os_error(libc::ECONNRESET)
 }
 
