@@ -3,7 +3,8 @@
 //! A request's path through this crate (see `docs/request-flow.md`):
 //! [`downstream`] (HBONE in: mTLS, CONNECT, caller identity) → [`proxy`] (Pingora hooks: identify, route,
 //! balance, rewrite, forward, observe) with decisions in [`route`] over the compiled [`snapshot`] → [`upstream`]
-//! (HBONE out through the relay, or plain TCP). [`error`] is the one place failures become responses.
+//! (HBONE out: HTTP/1.1 straight on the stream, h2c through the relay; or plain TCP). [`error`] is the one
+//! place failures become responses.
 //! [`server`] wires it together; [`demo`] runs a whole mesh on loopback.
 
 pub mod admin;

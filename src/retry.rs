@@ -24,7 +24,8 @@ pub enum Failure {
     /// The connection (or HBONE stream) could not be opened: the request was never sent.
     Connect,
     /// The request provably never reached the application whole: the upstream had already closed the
-    /// connection (the relay or the peer reset it with our bytes unread, or the write failed). Safe to retry
+    /// connection (the destination had ended the HBONE stream before our first byte, the relay or the peer
+    /// reset it with our bytes unread, or the write failed). Safe to retry
     /// whatever the method.
     NotDelivered,
     /// The connection was closed before any byte of the response arrived, after the request was delivered.

@@ -1,6 +1,6 @@
 //! One waypoint instance, wired: config (watched, compiled, hot-swapped), certificates (watched), the HBONE
-//! listener, Pingora's HTTP proxy, the upstream HBONE pool and relay, and the operations endpoints (readiness
-//! on 15021, Prometheus on 15020, admin on loopback 15000).
+//! listener, Pingora's HTTP proxy, the upstream HBONE pool, the direct path and the h2c relay, and the
+//! operations endpoints (readiness on 15021, Prometheus on 15020, admin on loopback 15000).
 //!
 //! Drain ([`Waypoint::drain`], what SIGTERM runs): readiness turns 503; the HBONE listener accepts what the
 //! kernel queued and closes (with `SO_REUSEPORT` a new instance on the same address takes every new

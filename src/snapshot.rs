@@ -173,7 +173,8 @@ pub struct Upstream {
     pub health: Arc<EndpointHealth>,
     /// Its requests in flight (`LEAST_REQUEST`), kept across snapshots.
     pub load: Arc<EndpointLoad>,
-    /// Its relayed Pingora peer, built on first use and copied per try ([`crate::upstream::peer`]).
+    /// What every try to it shares (its Pingora peer, its direct-path target), built on first use
+    /// ([`crate::upstream::peer`]).
     pub peer: Arc<crate::upstream::PeerTemplate>,
 }
 

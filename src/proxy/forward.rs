@@ -28,8 +28,9 @@ use crate::upstream::{self, SlotTag};
 const RETRY_CONNECTION_IDLE: Duration = Duration::from_secs(1);
 
 /// How a try failed, from Pingora's error: a reset or broken pipe on the upstream connection means the request
-/// was not (entirely) delivered — the relay closes with our bytes unread only when the endpoint had already
-/// ended the stream, and a peer's TCP reset means it did not read them.
+/// was not (entirely) delivered — the direct path reports a reset on the first write to a stream the endpoint had
+/// already ended, the relay closes with our bytes unread only then, and a peer's TCP reset means it did not
+/// read them.
 pub fn failure_of(e: &Error) -> Failure {
     use std::io::ErrorKind::{BrokenPipe, ConnectionReset};
     match classify(e) {

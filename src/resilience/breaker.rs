@@ -24,7 +24,7 @@
 //! A try is "pending" from `upstream_peer` until `connected_to_upstream` or `fail_to_connect`: while it waits
 //! for a connection slot and while its connection is being opened. `maxConnections` is enforced exactly for
 //! HTTP/1.1 upstreams by connection slots ([`slots`]): at most N tries hold a connection, each slot names one
-//! pooled connection, and the relay (`crate::upstream`) keeps at most one open connection per slot.
+//! pooled connection, and the direct path (`crate::upstream::direct`) keeps at most one open connection per slot.
 //! `maxRequestsPerConnection` is enforced by the proxy per connection (`crate::resilience::reuse`).
 
 pub(in crate::resilience) mod registry;
@@ -111,7 +111,7 @@ pub struct ServiceBreaker {
     held: [AtomicU32; 4],
     /// Refusals, by [`Overflow::index`].
     refused: [AtomicU64; 4],
-    /// Unique in the process: names the service's connection slots to the pool and the relay.
+    /// Unique in the process: names the service's connection slots to the direct path's pool.
     id: u64,
     /// The connection slots for the current `maxConnections` ([`slots`]).
     slots: arc_swap::ArcSwapOption<SlotPool>,

@@ -13,7 +13,7 @@ pub enum Pool {
     HboneConnections,
     /// HBONE CONNECT streams open on them.
     HboneStreams,
-    /// Pingora's pooled upstream connections (relay or plain TCP).
+    /// Pooled upstream connections (the direct path's, the relay's or plain TCP).
     Upstream,
 }
 

@@ -553,3 +553,6 @@ impl VirtualSocket for Conn {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,5 +1,5 @@
 //! `DestinationRule.trafficPolicy.connectionPool` limits on upstream connections, through the real data path
-//! (waypoint → relay → HBONE → ztunnel → echo), counted where the backend sees them:
+//! (waypoint → HBONE → ztunnel → echo), counted where the backend sees them:
 //!
 //! - `tcp.maxConnections`: the backend never has more connections (nor requests at once) than the limit, however
 //!   many clients; the excess waits as pending requests and still succeeds.

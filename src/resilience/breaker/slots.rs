@@ -2,10 +2,11 @@
 //!
 //! An HTTP/1.1 connection carries one request at a time, so a service with `maxConnections: N` has N slots.
 //! A try takes a slot before it gets its connection (waiting, as a pending request, while all are taken) and
-//! holds it until the try ends. The slot names the connection: the proxy gives each slot its own Pingora pool
-//! key (so the slot reuses its own keep-alive connection) and tells the HBONE relay which slot a new connection
-//! is for; the relay closes the slot's previous connection (idle by construction: its slot is held by the try
-//! now connecting), so a service never has more than N upstream connections open.
+//! holds it until the try ends. The slot names the connection: a try holding a slot goes the direct path
+//! (`crate::upstream::direct`), whose pool keys the slot's own keep-alive connection and keeps at most one per
+//! slot, closing the slot's previous connection when a new one is opened or pooled for it (idle by
+//! construction: its slot is held by the try now connecting), so a service never has more than N upstream
+//! connections open.
 //!
 //! Lock-free: a semaphore counts free slots (its waiters are the pending tries), and a bitmap says which
 //! indices are taken.
