@@ -1,9 +1,10 @@
 //! A counting global allocator for this bench binary: how many allocations a hot function makes per call, and
 //! how many heap bytes a built structure holds. Counting costs two relaxed atomic adds per allocation, in every
 //! bench of the binary alike. The counters are process-wide: read them only while one thread allocates (criterion
-//! runs benches on the main thread; these benches start no others).
+//! runs benches on the main thread; these benches start no others). Allocations go to mimalloc, the allocator the
+//! proxies ship with (`mesh::alloc`), so timings are those of the shipped binary.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
 
 struct Counting;
@@ -14,23 +15,23 @@ static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-// SAFETY: every call is forwarded unchanged to `System`; only counters are added.
+// SAFETY: every call is forwarded unchanged to mimalloc; only counters are added.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        System.alloc(layout)
+        mesh::alloc::MiMalloc.alloc(layout)
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        System.alloc_zeroed(layout)
+        mesh::alloc::MiMalloc.alloc_zeroed(layout)
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        System.dealloc(ptr, layout)
+        mesh::alloc::MiMalloc.dealloc(ptr, layout)
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
@@ -39,7 +40,7 @@ unsafe impl GlobalAlloc for Counting {
             new_size as isize - layout.size() as isize,
             Ordering::Relaxed,
         );
-        System.realloc(ptr, layout, new_size)
+        mesh::alloc::MiMalloc.realloc(ptr, layout, new_size)
     }
 }
 

@@ -34,7 +34,7 @@ mod rules;
 mod spec;
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -284,7 +284,8 @@ pub(crate) fn compile_tables_with_state(
 ) -> Result<(Tables, Vec<RouteStatus>), ConfigError> {
     // The Services bound here, by name: a small set, so checking every route of a large mesh against it does
     // not walk the mesh-wide service index (the same answer as `Mesh::service`: the service a name finds).
-    let bound: HashSet<(&str, &str)> = mesh
+    // foldhash: every route of the mesh is checked against it, so the hash is on the path of a large mesh.
+    let bound: foldhash::HashSet<(&str, &str)> = mesh
         .services_of_waypoint(&spec.gateway)
         .into_iter()
         .filter(|s| {

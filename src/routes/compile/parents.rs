@@ -6,8 +6,6 @@
 //! `allowedRoutes` (namespaces `Same` by default; kinds). Anything else is `Accepted=False` with
 //! `NoMatchingParent` (or `NotAllowedByListeners`), saying why.
 
-use std::collections::HashSet;
-
 use mesh::config::{GatewayRef, RouteNamespaces};
 
 use super::rules::CompiledRoute;
@@ -44,7 +42,7 @@ pub(crate) struct Outcome {
 /// bound to it (in `bound`, `(namespace, name)` of the Services bound to `gw`), or its Gateway (cheap, before the route is read: whether the route concerns this waypoint at
 /// all; [`resolve`] then says whether it attaches).
 pub(crate) fn names_waypoint(
-    bound: &HashSet<(&str, &str)>,
+    bound: &foldhash::HashSet<(&str, &str)>,
     gw: &GatewayRef,
     route_namespace: &str,
     p: ParentName<'_>,
