@@ -898,6 +898,45 @@ fn watch_dir_swaps_good_changes_and_keeps_serving_on_bad_ones() {
     );
 }
 
+/// The calling thread's nice value (`/proc/thread-self/stat`, field 19).
+#[cfg(target_os = "linux")]
+fn thread_nice() -> i32 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 1..];
+    after_name
+        .split_whitespace()
+        .nth(16)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn watch_dir_reloads_below_the_request_path_priority() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = |name: &str| format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\n");
+    std::fs::write(dir.path().join("mesh.yaml"), svc("one")).unwrap();
+    let base = thread_nice();
+    // The compile reports the nice value of the thread it runs on.
+    let live = Arc::new(Live::new(base));
+    let _guard = watch_dir(
+        dir.path().to_path_buf(),
+        "td".into(),
+        Duration::from_millis(50),
+        live.clone(),
+        |_| Ok(thread_nice()),
+    );
+    replace(dir.path(), "mesh.yaml", &svc("two"));
+    eventually("the reload", || live.generation() > 1);
+    assert_eq!(
+        *live.load(),
+        mesh::config::live::BACKGROUND_NICE.max(base),
+        "parse and compile run at a lower priority than the proxy's threads"
+    );
+    assert_eq!(thread_nice(), base, "only the watcher's own thread changes");
+}
+
 #[cfg(unix)]
 #[test]
 fn watch_dir_follows_configmap_symlink_swap() {

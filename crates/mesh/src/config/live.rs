@@ -112,6 +112,24 @@ impl<T: std::fmt::Debug> std::fmt::Debug for Live<T> {
     }
 }
 
+/// How much lower than the proxy's threads a config thread runs (`nice`): a parse and compile of a large config
+/// takes tens of milliseconds of CPU, and in-flight requests must not wait behind it for a core.
+pub const BACKGROUND_NICE: i32 = 10;
+
+/// Lowers the calling thread's scheduling priority to [`BACKGROUND_NICE`] (Linux: `nice` is per thread), so
+/// the request path preempts config work. Best effort: a failure is logged and the thread runs on as it was.
+pub fn background_priority() {
+    // SAFETY: gettid has no preconditions; setpriority with PRIO_PROCESS and a thread id changes only this
+    // thread's nice value.
+    let rc = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, BACKGROUND_NICE)
+    };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower the config thread's priority");
+    }
+}
+
 /// Watches `dir` (inotify via `notify`, including Kubernetes' ConfigMap `..data` symlink swap) and, after
 /// `debounce` of quiet, reloads: `Mesh::load_dir` then `compile`; success is stored in `live`, failure is
 /// logged (file, object, field) and recorded with [`Live::set_error`] while the old snapshot keeps serving.
@@ -164,6 +182,7 @@ where
     let spawned = std::thread::Builder::new()
         .name("config-watch".into())
         .spawn(move || {
+            background_priority();
             // The thread's own: an unchanged document is never parsed twice.
             let mut cache = ParseCache::new();
             loop {
