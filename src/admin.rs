@@ -43,6 +43,8 @@ pub struct AdminState {
     pub stats: Arc<Stats>,
     pub mirrors: Arc<MirrorStats>,
     pub pool: Pool,
+    /// The direct path's keep-alive pool (HTTP/1.1 destinations).
+    pub direct: crate::upstream::direct::Upstreams,
     pub readiness: Readiness,
     /// The process's log filter (`None`: `/logging` answers 501).
     pub log: Option<LogControl>,

@@ -206,6 +206,7 @@ impl Waypoint {
             stats: stats.clone(),
             mirrors: mirrors.stats.clone(),
             pool: pool.clone(),
+            direct: direct.clone(),
             readiness: readiness.clone(),
             log: ops.log.clone(),
         });

@@ -256,6 +256,13 @@ async fn admin_endpoint_dumps_the_active_config_and_route_status() {
         metric("waypoint_hbone_streams_opened_total") >= 1,
         "{stats}"
     );
+    // Every try took a direct-path connection, opened or reused; keep-alive reuse carried most of them.
+    let (opened, reused) = (
+        metric("waypoint_upstream_connections_opened_total"),
+        metric("waypoint_upstream_connections_reused_total"),
+    );
+    assert_eq!(opened + reused, 20, "{stats}");
+    assert!((1..=6).contains(&opened), "{stats}");
     assert_eq!(metric("waypoint_config_generation"), 1);
     assert_eq!(
         metric("waypoint_response_flags_total{response_flags=\"NR\"}"),

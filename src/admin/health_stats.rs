@@ -1,4 +1,5 @@
-//! The proxy health counters (requests, retries by cause, response flags, mirrors, HBONE pool, config generation
+//! The proxy health counters (requests, retries by cause, response flags, mirrors, HBONE pool, the direct path's
+//! upstream connections (opened, reused, discarded, idle), config generation
 //! and last rejected change) in the Prometheus text format: the admin port's `/stats`, and for now also port
 //! 15020 (see [`super::metrics`]).
 
@@ -57,6 +58,23 @@ pub fn prometheus(state: &AdminState) -> String {
         out,
         "# TYPE waypoint_hbone_connections gauge\nwaypoint_hbone_connections {}",
         p.connections_live
+    );
+    let d = state.direct.stats();
+    for (what, n) in [
+        ("opened", &d.opened),
+        ("reused", &d.reused),
+        ("discarded", &d.discarded),
+    ] {
+        let _ = writeln!(
+            out,
+            "# TYPE waypoint_upstream_connections_{what}_total counter\nwaypoint_upstream_connections_{what}_total {}",
+            n.load(Relaxed)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# TYPE waypoint_upstream_connections_idle gauge\nwaypoint_upstream_connections_idle {}",
+        state.direct.idle_count()
     );
     let _ = writeln!(
         out,
