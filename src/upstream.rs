@@ -78,7 +78,18 @@ pub fn peer(up: &Upstream, ways: &Ways, opts: TryOptions) -> (Box<HttpPeer>, Opt
     let template = up.peer.0.get_or_init(|| Box::new(Template::new(up)));
     if opts.h2c {
         let mut peer = match &up.hbone {
-            Some(_) => Box::new(relayed(up, &ways.relay)),
+            Some(_) => {
+                let cached = template.relayed.get_or_init(|| relayed(up, &ways.relay));
+                let same_relay = cached
+                    .proxy
+                    .as_ref()
+                    .is_some_and(|p| *p.next_hop == *ways.relay);
+                Box::new(if same_relay {
+                    HttpPeer::clone(cached)
+                } else {
+                    relayed(up, &ways.relay)
+                })
+            }
             None => Box::new(HttpPeer::clone(&template.plain)),
         };
         if opts.fresh {
@@ -122,6 +133,8 @@ struct Template {
     plain: HttpPeer,
     /// Where the direct path goes.
     target: Arc<Target>,
+    /// The peer through the relay (h2c over HBONE), built on the first h2c try.
+    relayed: std::sync::OnceLock<HttpPeer>,
 }
 
 impl Template {
@@ -133,6 +146,7 @@ impl Template {
         Template {
             plain: HttpPeer::new(up.addr, false, String::new()),
             target: Arc::new(Target::new(up.addr, hbone)),
+            relayed: std::sync::OnceLock::new(),
         }
     }
 }
@@ -363,8 +377,11 @@ pub async fn open(up: &Upstream, direct: &Upstreams) -> io::Result<Box<dyn Tunne
         tcp.set_nodelay(true)?;
         return Ok(Box::new(tcp));
     };
-    let target = Target::new(up.addr, Some((h.hbone_addr, h.identity.clone())));
-    Ok(Box::new(direct.open_hbone(&target).await?))
+    Ok(Box::new(
+        direct
+            .open_hbone(up.addr, h.hbone_addr, &h.identity)
+            .await?,
+    ))
 }
 
 /// A byte stream to an upstream.

@@ -159,12 +159,8 @@ pub(crate) async fn plan_try(
     } else {
         pool.idle_timeout
     };
-    if let Some(t) = pool.connect_timeout {
-        peer.options.connection_timeout = Some(t);
-    }
+    peer.options.connection_timeout = connect_timeout;
     if let Some(t) = timeout {
-        peer.options.connection_timeout =
-            Some(peer.options.connection_timeout.map_or(t, |c| c.min(t)));
         peer.options.total_connection_timeout = Some(t);
         // An upgraded connection (websocket) is long-lived by design: the try's timeout bounds its
         // connection set-up only, never the silences of the stream that follows.

@@ -68,7 +68,7 @@ impl Target {
     pub fn new(authority: SocketAddr, hbone: Option<(SocketAddr, Identity)>) -> Target {
         let identity_key = hbone.as_ref().map_or(0, |(_, id)| {
             let mut h = std::hash::DefaultHasher::new();
-            id.to_string().hash(&mut h);
+            id.hash(&mut h);
             h.finish()
         });
         Target {
@@ -213,12 +213,15 @@ impl Upstreams {
         })
     }
 
-    /// Opens a new HBONE stream to `target` (for requests the proxy sends itself: mirrors).
-    pub async fn open_hbone(&self, target: &Target) -> io::Result<H2Stream> {
-        let Some((hbone_addr, identity)) = &target.hbone else {
-            return Err(io::Error::other("not an HBONE destination"));
-        };
-        dial_hbone(&self.shared, target.authority, *hbone_addr, identity).await
+    /// Opens a new HBONE stream to `authority` through `hbone_addr`, which must present `identity` (for requests
+    /// the proxy sends itself: mirrors).
+    pub async fn open_hbone(
+        &self,
+        authority: SocketAddr,
+        hbone_addr: SocketAddr,
+        identity: &Identity,
+    ) -> io::Result<H2Stream> {
+        dial_hbone(&self.shared, authority, hbone_addr, identity).await
     }
 
     /// Idle connections pooled now.
@@ -364,8 +367,8 @@ pub struct Link {
     connect_timeout: Option<Duration>,
     /// The answer was read to its end (set by the proxy).
     complete: AtomicBool,
-    /// Set when the connection is given: (taken from the pool, which request of the connection this is).
-    got: OnceLock<(bool, u32)>,
+    /// Set when the connection is given: which request of the connection this is (1 = a new connection).
+    got: OnceLock<u32>,
 }
 
 impl std::fmt::Debug for Link {
@@ -387,7 +390,7 @@ impl Link {
     /// Whether the try's connection came from the pool, and which request of the connection it carries
     /// (1 = first); `None` before Pingora asked for the connection.
     pub fn connection_use(&self) -> Option<(bool, u32)> {
-        self.got.get().copied()
+        self.got.get().map(|&nth| (nth > 1, nth))
     }
 
     async fn open(&self) -> io::Result<Io> {
@@ -414,10 +417,10 @@ impl L4Connect for Link {
         } else {
             self.shared.take(&key, Instant::now())
         };
-        let (io, uses, reused) = match pooled {
+        let (io, uses) = match pooled {
             Some(idle) => {
                 self.shared.stats.reused.fetch_add(1, Ordering::Relaxed);
-                (idle.io, idle.uses + 1, true)
+                (idle.io, idle.uses + 1)
             }
             None => {
                 if self.slot.is_some() {
@@ -443,17 +446,17 @@ impl L4Connect for Link {
                     Error::because(kind, format!("connecting to {}", self.target.authority), e)
                 })?;
                 self.shared.stats.opened.fetch_add(1, Ordering::Relaxed);
-                (io, 1, false)
+                (io, 1)
             }
         };
-        let _ = self.got.set((reused, uses));
+        let _ = self.got.set(uses);
         let link = self.me.upgrade().expect("a link connects only while held");
         let conn = Conn {
             io: Some(io),
             link,
             key,
             uses,
-            checked: !reused,
+            checked: uses == 1,
         };
         Ok(L4Stream::from(VirtualSocketStream::new(Box::new(conn))))
     }

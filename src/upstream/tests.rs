@@ -102,9 +102,22 @@ fn a_retry_never_shares_a_pingora_pool_key() {
     assert_eq!(a.group_key, 0);
     assert_ne!(b.group_key, c.group_key);
     let h2c = TryOptions { h2c: true, ..fresh };
-    let (d, _) = peer(&hbone_endpoint(), &ways, h2c);
-    let (e, _) = peer(&hbone_endpoint(), &ways, h2c);
+    let up = hbone_endpoint();
+    let (d, _) = peer(&up, &ways, h2c);
+    let (e, _) = peer(&up, &ways, h2c);
     assert_ne!(d.group_key, e.group_key);
+    // The relayed peer is built once per endpoint and copied per try.
+    let pooled = TryOptions {
+        fresh: false,
+        ..h2c
+    };
+    let (f, _) = peer(&up, &ways, pooled);
+    assert!(up.peer.0.get().unwrap().relayed.get().is_some());
+    assert_eq!(f.group_key, 0);
+    assert_eq!(
+        f.proxy.as_ref().unwrap().headers,
+        d.proxy.as_ref().unwrap().headers
+    );
 }
 
 #[test]

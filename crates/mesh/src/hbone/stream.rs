@@ -70,11 +70,8 @@ impl H2Stream {
     /// The peer has ended its side (END_STREAM received, nothing of it left unread) or reset the stream: a
     /// write now would not reach anyone who reads it.
     pub fn peer_ended(&self) -> bool {
-        self.recv_eof && self.pending.is_empty()
-            || self
-                .io
-                .as_ref()
-                .is_some_and(|io| self.pending.is_empty() && io.recv.is_end_stream())
+        self.pending.is_empty()
+            && (self.recv_eof || self.io.as_ref().is_some_and(|io| io.recv.is_end_stream()))
     }
 
     fn io(&mut self) -> &mut Halves {
