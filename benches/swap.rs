@@ -2,7 +2,9 @@
 //! 50 ms, with no latency spike on in-flight traffic"). Not criterion: one run prints one table.
 //!
 //! `cargo bench --bench swap` (about a minute; knobs: `SWAP_ROUTES=1000`, `SWAP_ROUNDS=20`,
-//! `SWAP_WINDOW_MS=6000`, `SWAP_INTERVAL_MS=100`, `SWAP_CONNS=4`). The mesh is `swap/mesh.rs`: `SWAP_ROUTES`
+//! `SWAP_WINDOW_MS=6000`, `SWAP_INTERVAL_MS=100`, `SWAP_CONNS=4`, `SWAP_PACE_US=1000`: each connection sends at
+//! most one request per pace, about 4,000 req/s in all, ~60 % of this 2-core machine; 0 sends back to back and
+//! saturates both cores). The mesh is `swap/mesh.rs`: `SWAP_ROUTES`
 //! HTTPRoutes, each on its own Service bound to the waypoint, all served by two echo pods.
 //!
 //! 1. **Compile**, offline and idle: `Mesh::from_documents` (a full parse, nothing cached), the parse a hot swap
@@ -15,12 +17,16 @@
 //!    - via the folder (what `waypoint run --manifests` does): the file is renamed into place; "stored" is when
 //!      `Live::generation` moved, "seen" when a probe answer carried the change. This includes the folder
 //!      source's 50 ms debounce (`source::DEBOUNCE`) and the ztunnels' reload of the same folder.
-//!    - in-process: parse (cached: one document changed), compile, `Live::store` of the waypoint's own `Live`
+//!    - in-process: parse (cached: one document changed) and compile on the config lanes
+//!      (`mesh::config::background::run`, as the kube and push sources do), `Live::store` of the waypoint's own `Live`
 //!      (a fresh `ResilienceState`: this mode measures the swap, not breakers across it), each stage timed, then
 //!      the probe.
-//! 3. **In-flight traffic**: `SWAP_CONNS` keep-alive connections (one per route, not the probe's) sending back to
-//!    back through `SWAP_WINDOW_MS` windows: no swaps, a folder swap every `SWAP_INTERVAL_MS`, an in-process swap
-//!    every `SWAP_INTERVAL_MS`, no swaps again; per window requests, errors, swaps and latency percentiles.
+//! 3. **In-flight traffic**: `SWAP_CONNS` keep-alive connections (one per route, not the probe's) sending
+//!    through `SWAP_WINDOW_MS` windows: no swaps, a folder swap every `SWAP_INTERVAL_MS`, an in-process swap
+//!    every `SWAP_INTERVAL_MS`, the in-process swap taken apart (parse and compile with nothing stored, at
+//!    ordinary priority and then on the config lanes; then stores of snapshots compiled before the window), no
+//!    swaps again; per window requests, errors, swaps (or
+//!    compiles) and latency percentiles.
 //!
 //! Everything is one process on loopback (clients, ztunnels, waypoint, echoes): on a 2-core machine a compile
 //! takes CPU from the traffic it is measured against, so compare windows of one run only.
@@ -34,7 +40,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ::mesh::config::{GatewayRef, Live, Mesh, ParseCache, DEFAULT_TRUST_DOMAIN};
+use ::mesh::config::{background, GatewayRef, Live, Mesh, ParseCache, DEFAULT_TRUST_DOMAIN};
 use anyhow::Context as _;
 use load::{ms, pct, wait_seen, Load, Phase, PHASES};
 use waypoint::demo::write_atomic;
@@ -55,6 +61,7 @@ struct Knobs {
     window: Duration,
     interval: Duration,
     conns: usize,
+    pace: Duration,
     probe_gap: Duration,
 }
 
@@ -75,6 +82,7 @@ impl Knobs {
             window: Duration::from_millis(knob("SWAP_WINDOW_MS", 6000)),
             interval: Duration::from_millis(knob("SWAP_INTERVAL_MS", 100).max(1)),
             conns: knob("SWAP_CONNS", 4).max(1) as usize,
+            pace: Duration::from_micros(knob("SWAP_PACE_US", 1000)),
             probe_gap: Duration::from_micros(knob("SWAP_PROBE_GAP_US", 1000)),
         }
     }
@@ -110,27 +118,43 @@ fn parse(text: &str) -> Mesh {
     Mesh::from_documents(&docs, DEFAULT_TRUST_DOMAIN).expect("valid manifests")
 }
 
-/// [`parse`] through `cache`, as a hot swap does.
+/// [`parse`] through `cache`, as a hot swap does; without it when the cache is taken (by a copy of the job that
+/// a fallback lane overtook, as `mesh::config::live` does).
 fn parse_cached(text: &str, cache: &Mutex<ParseCache>) -> Mesh {
     let docs = [(PathBuf::from("mesh.yaml"), text.to_string())];
-    let mut cache = cache.lock().expect("cache");
-    Mesh::from_documents_cached(&docs, DEFAULT_TRUST_DOMAIN, &mut cache).expect("valid manifests")
+    match cache.try_lock() {
+        Ok(mut cache) => Mesh::from_documents_cached(&docs, DEFAULT_TRUST_DOMAIN, &mut cache),
+        Err(_) => Mesh::from_documents(&docs, DEFAULT_TRUST_DOMAIN),
+    }
+    .expect("valid manifests")
 }
 
-/// Parse (through `cache`), compile, store into `live`: the three stage durations.
+/// Parse (through `cache`) and compile on the config lanes, as the waypoint's sources do
+/// ([`background::run`]): the snapshot and the two stage durations.
+fn prepare(
+    text: &Arc<str>,
+    spec: &WaypointSpec,
+    cache: &Arc<Mutex<ParseCache>>,
+) -> (Snapshot, Duration, Duration) {
+    let (text, spec, cache) = (text.clone(), spec.clone(), cache.clone());
+    background::run(move || {
+        let t = Instant::now();
+        let mesh = parse_cached(&text, &cache);
+        let parsed = t.elapsed();
+        let t = Instant::now();
+        let snap = compile(&mesh, &spec).expect("compiles");
+        (snap, parsed, t.elapsed())
+    })
+}
+
+/// [`prepare`], then store into `live`: the three stage durations.
 fn swap_in(
     live: &Live<Snapshot>,
-    text: &str,
+    text: &Arc<str>,
     spec: &WaypointSpec,
-    cache: &Mutex<ParseCache>,
+    cache: &Arc<Mutex<ParseCache>>,
 ) -> [Duration; 3] {
-    let t = Instant::now();
-    let mesh = parse_cached(text, cache);
-    let parsed = t.elapsed();
-    let t = Instant::now();
-    let snap = compile(&mesh, spec).expect("compiles");
-    let compiled = t.elapsed();
-    drop(mesh);
+    let (snap, parsed, compiled) = prepare(text, spec, cache);
     let t = Instant::now();
     live.store(snap);
     [parsed, compiled, t.elapsed()]
@@ -272,7 +296,10 @@ async fn live_bench(k: &Knobs) -> anyhow::Result<()> {
     );
     for _ in 0..k.rounds {
         gen += 1;
-        let text = tb.rewrite().manifests(&mesh::manifests(k.routes, gen))?;
+        let text: Arc<str> = tb
+            .rewrite()
+            .manifests(&mesh::manifests(k.routes, gen))?
+            .into();
         let t0 = Instant::now();
         let (l, s, c) = (live.clone(), spec.clone(), cache.clone());
         let times = tokio::task::spawn_blocking(move || swap_in(&l, &text, &s, &c)).await?;
@@ -289,7 +316,7 @@ async fn live_bench(k: &Knobs) -> anyhow::Result<()> {
     }
     stages[0].row("in-process: parse (cached, one document changed)");
     stages[1].row("in-process: compile");
-    stages[2].row("in-process: Live::store (old snapshot freed)");
+    stages[2].row("in-process: Live::store (old one to the reaper)");
     lag.row("in-process: stored -> seen by a request");
     total.row("in-process: handed -> seen by a request");
     println!("  ({probes} probe requests)");
@@ -316,8 +343,8 @@ async fn in_flight(
                 .map(Arc::from)
         })
         .collect::<anyhow::Result<_>>()?;
-    let hard_stop = Instant::now() + 4 * (k.window + SETTLE) + Duration::from_secs(30);
-    let load = Load::start(&tb.client("client-0"), k.routes, k.conns, hard_stop);
+    let hard_stop = Instant::now() + 8 * (k.window + 2 * SETTLE) + Duration::from_secs(30);
+    let load = Load::start(&tb.client("client-0"), k.routes, k.conns, k.pace, hard_stop);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut swaps = [0u64; PHASES];
 
@@ -355,14 +382,20 @@ async fn in_flight(
     }
     load.set(Phase::Warmup);
     tokio::time::sleep(SETTLE).await;
+    let mut parts = decompose(k, live, spec, &texts, i, cache, &load, &mut swaps).await?;
 
     load.set(Phase::QuietAfter);
     tokio::time::sleep(k.window).await;
     let mut s = load.finish().await;
 
     println!(
-        "\n3. in-flight keep-alive traffic, {} connections, {} ms windows",
+        "\n3. in-flight keep-alive traffic, {} connections, {}, {} ms windows",
         k.conns,
+        if k.pace.is_zero() {
+            "back to back".to_string()
+        } else {
+            format!("a request every {} us each at most", k.pace.as_micros())
+        },
         k.window.as_millis()
     );
     println!(
@@ -385,12 +418,91 @@ async fn in_flight(
         );
     }
     compiles.row("in-process swap under load (parse+compile+store)");
+    parts[0].row("under load: parse+compile at ordinary priority, not stored");
+    parts[1].row("under load: parse+compile on the config lanes, not stored");
+    parts[2].row("under load: Live::store of a compiled snapshot");
     if let Some(e) = &s.first_error {
         println!("  first error: {e}");
     }
     let errors: u64 = s.errors.iter().sum();
     anyhow::ensure!(errors == 0, "{errors} failed requests");
     Ok(())
+}
+
+/// The in-process swap taken apart, a window each: its CPU without the swap (parse and compile every
+/// `interval`, the result dropped), first at ordinary priority on the blocking pool (what the sources did before
+/// the config lanes), then on the config lanes; then the swap without its CPU (snapshots compiled before the
+/// window, one stored every `interval`). Which windows' latency rises says what a spike is made of. Returns the
+/// three windows' stage times.
+#[allow(clippy::too_many_arguments)]
+async fn decompose(
+    k: &Knobs,
+    live: &Arc<Live<Snapshot>>,
+    spec: &WaypointSpec,
+    texts: &[Arc<str>],
+    mut i: usize,
+    cache: &Arc<Mutex<ParseCache>>,
+    load: &Load,
+    swaps: &mut [u64; PHASES],
+) -> anyhow::Result<[Stage; 3]> {
+    let mut stages: [Stage; 3] = Default::default();
+    for (n, phase) in [Phase::CompileNormal, Phase::CompileLanes]
+        .into_iter()
+        .enumerate()
+    {
+        load.set(phase);
+        let end = Instant::now() + k.window;
+        while Instant::now() < end {
+            let next = Instant::now() + k.interval;
+            let (s, text, c) = (spec.clone(), texts[i % 2].clone(), cache.clone());
+            i += 1;
+            let t = tokio::task::spawn_blocking(move || {
+                let t = Instant::now();
+                if n == 0 {
+                    drop(compile(&parse_cached(&text, &c), &s).expect("compiles"));
+                } else {
+                    drop(prepare(&text, &s, &c));
+                }
+                t.elapsed()
+            })
+            .await?;
+            stages[n].0.push(t);
+            swaps[phase as usize] += 1;
+            tokio::time::sleep_until(next.into()).await;
+        }
+        load.set(Phase::Warmup);
+        tokio::time::sleep(SETTLE).await;
+    }
+    let n = (k.window.as_millis() / k.interval.as_millis().max(1)) as usize + 2;
+    let (s, t, c) = (spec.clone(), texts.to_vec(), cache.clone());
+    let ready: Vec<Snapshot> = tokio::task::spawn_blocking(move || {
+        (0..n)
+            .map(|j| compile(&parse_cached(&t[(i + j) % 2], &c), &s).expect("compiles"))
+            .collect()
+    })
+    .await?;
+    tokio::time::sleep(SETTLE).await;
+
+    load.set(Phase::StoreOnly);
+    let (end, mut ready) = (Instant::now() + k.window, ready.into_iter());
+    while Instant::now() < end {
+        let next = Instant::now() + k.interval;
+        let Some(snap) = ready.next() else { break };
+        let l = live.clone();
+        let t = tokio::task::spawn_blocking(move || {
+            let t = Instant::now();
+            l.store(snap);
+            t.elapsed()
+        })
+        .await?;
+        stages[2].0.push(t);
+        swaps[Phase::StoreOnly as usize] += 1;
+        tokio::time::sleep_until(next.into()).await;
+    }
+    load.set(Phase::Warmup);
+    tokio::task::spawn_blocking(move || drop(ready)).await?;
+    tokio::time::sleep(SETTLE).await;
+    Ok(stages)
 }
 
 /// A thread noting when `live`'s generation passes `before` (checked every 100 µs, for [`PATIENCE`]).

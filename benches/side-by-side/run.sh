@@ -10,7 +10,9 @@
 # skip), RATE_CONNS, WARMUP, BENCH_DIR (the shared harness), SCRATCH (work + results folder), RESULTS (the
 # markdown file), QUIET_PCT / QUIET_MAX_WAIT (wait for an idle machine before each run), BUILD=0 (do not run
 # cargo; use BIN_DIR as is), BIN_DIR, INSTALL=0 (never install anything), NETNS=0 (waypoint mode in the host's
-# network namespace).
+# network namespace), WP_CPU_LIMIT=<millicores> (waypoint mode: both waypoints under the same CFS CPU quota, as a
+# Kubernetes CPU limit sets it -- period 100 ms, quota limit/1000 of it -- so that the waypoint, not the
+# harness core, sets the rate; needs root and a writable cgroup cpu controller, v1 or v2).
 set -uo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -30,6 +32,7 @@ SCRATCH=${SCRATCH:-${TMPDIR:-/tmp}/side-by-side-$STAMP}
 BUILD=${BUILD:-1}
 INSTALL=${INSTALL:-1}
 NETNS=${NETNS:-auto}
+WP_CPU_LIMIT=${WP_CPU_LIMIT:-}
 ENVOY_VERSION=1.40.0
 BUILD_TIMEOUT=${BUILD_TIMEOUT:-3600}
 OHA_INSTALL_TIMEOUT=${OHA_INSTALL_TIMEOUT:-1800}
@@ -60,13 +63,16 @@ bounded() {  # SECONDS CMD... -- a long foreground step (install, build) that en
   timeout -k 30 "$1" "${@:2}" &
   AUX=$!; wait "$AUX"; local rc=$?; AUX=""; return $rc
 }
+CGROUPS=()
 cleanup() {
+  local g
   if [ -n "$AUX" ]; then
     kill -TERM "$AUX" 2>/dev/null
     for _ in $(seq 1 100); do kill -0 "$AUX" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$AUX" 2>/dev/null; AUX=""
   fi
   kill_inner
+  for g in "${CGROUPS[@]}"; do rmdir "$g" 2>/dev/null; done
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -76,6 +82,11 @@ case $MODE in waypoint) MODES=waypoint ;; full-chain) MODES=full-chain ;; both) 
 for v in DURATION REPEATS WARMUP RATE_CONNS QUIET_MAX_WAIT; do
   [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number (got '${!v}')"
 done
+if [ -n "$WP_CPU_LIMIT" ]; then
+  [[ $WP_CPU_LIMIT =~ ^[0-9]+$ ]] && [ "$WP_CPU_LIMIT" -ge 10 ] && [ "$WP_CPU_LIMIT" -le 1000 ] ||
+    die "WP_CPU_LIMIT must be millicores of one core, 10..1000 (got '$WP_CPU_LIMIT')"
+  [ "$MODE" = waypoint ] || die "WP_CPU_LIMIT applies to MODE=waypoint only"
+fi
 
 # ---- 1. the harness ---------------------------------------------------------------------------------------
 if [ ! -f "$BENCH_DIR/bench.sh" ] || [ ! -f "$BENCH_DIR/verify.py" ] || [ ! -d "$BENCH_DIR/configs" ]; then
@@ -171,6 +182,32 @@ run_inner() {  # NAME USE_NETNS CMD... -> exit status of CMD (124 = timed out)
 
 export DURATION REPEATS CONNS RATES RATE_CONNS WARMUP QUIET_PCT QUIET_MAX_WAIT ENVOY OHA BENCH_DIR BIN_DIR
 OURS_WP_CMD_BASE="$BIN_DIR/waypoint run --manifests MANIFESTS --gateway default/waypoint --listen 127.0.0.20:15008 --readiness off --stats off --admin off --access-log off"
+ENVOY_WP_CMD="$ENVOY -c configs/waypoint-hbone.yaml --concurrency 1 --disable-hot-restart --log-level warn"
+LIMIT_NOTE=""
+cpu_limited() {  # NAME -- a cgroup limited to WP_CPU_LIMIT millicores; prints the shell prefix that joins it
+  local g
+  if [ -w /sys/fs/cgroup/cpu ] && [ -f /sys/fs/cgroup/cpu/cpu.cfs_quota_us ]; then   # cgroup v1
+    g=/sys/fs/cgroup/cpu/side-by-side-$STAMP-$1
+    mkdir "$g" && echo 100000 >"$g/cpu.cfs_period_us" && echo $((WP_CPU_LIMIT * 100)) >"$g/cpu.cfs_quota_us" || return 1
+    echo "echo \$\$ >$g/tasks && exec "
+  elif [ -f /sys/fs/cgroup/cgroup.controllers ] && grep -qw cpu /sys/fs/cgroup/cgroup.controllers; then  # v2
+    g=/sys/fs/cgroup/side-by-side-$STAMP-$1
+    mkdir "$g" && echo "$((WP_CPU_LIMIT * 100)) 100000" >"$g/cpu.max" || return 1
+    echo "echo \$\$ >$g/cgroup.procs && exec "
+  else
+    return 1
+  fi
+}
+OURS_PREFIX=""; ENVOY_PREFIX=""
+if [ -n "$WP_CPU_LIMIT" ]; then
+  OURS_PREFIX=$(cpu_limited ours) && ENVOY_PREFIX=$(cpu_limited envoy) ||
+    die "WP_CPU_LIMIT: cannot make a CPU-limited cgroup (needs root and a cgroup cpu controller, v1 or v2)"
+  # $(...) ran in a subshell: record the groups here, for cleanup
+  CGROUPS+=(/sys/fs/cgroup/cpu/side-by-side-$STAMP-ours /sys/fs/cgroup/cpu/side-by-side-$STAMP-envoy
+    /sys/fs/cgroup/side-by-side-$STAMP-ours /sys/fs/cgroup/side-by-side-$STAMP-envoy)
+  LIMIT_NOTE=" both waypoints CPU-limited to ${WP_CPU_LIMIT}m (CFS quota $((WP_CPU_LIMIT * 100)) us per 100 ms period, as a Kubernetes limit) besides the pinning;"
+  log "both waypoints limited to ${WP_CPU_LIMIT} millicores"
+fi
 REPORT_ARGS=(); STATUS=0; NS_NOTE=""
 for m in $MODES; do
   case $m in
@@ -180,7 +217,8 @@ for m in $MODES; do
       [ $use_ns = 0 ] && log "mode waypoint: in the host's network namespace (needs 127.0.0.x:8080/9080/15008 free)"
       NS_NOTE="$NS_NOTE mode waypoint ran in $([ $use_ns = 1 ] && echo "a private network namespace" || echo "the host's network namespace");"
       SCRATCH="$SCRATCH/waypoint" RESULTS_DIR="$SCRATCH/waypoint/results" ALT_NAME=ours SCENARIOS="hbone alt-hbone" \
-        ALT_HBONE_CMD="${OURS_WP_CMD_BASE//MANIFESTS/$BENCH_DIR/manifests}" \
+        ALT_HBONE_CMD="$OURS_PREFIX${OURS_WP_CMD_BASE//MANIFESTS/$BENCH_DIR/manifests}" \
+        WAYPOINT_HBONE_CMD="$ENVOY_PREFIX$ENVOY_WP_CMD" \
         run_inner waypoint $use_ns "$BENCH_DIR/bench.sh" || STATUS=1
       REPORT_ARGS+=(--waypoint "$SCRATCH/waypoint") ;;
     full-chain)
@@ -191,7 +229,7 @@ for m in $MODES; do
 done
 
 # ---- 5. the table -----------------------------------------------------------------------------------------
-NOTE="Run $STAMP: MODE=$MODE DURATION=${DURATION}s WARMUP=${WARMUP}s REPEATS=$REPEATS CONNS=[$CONNS] RATES=[$RATES] req/s at $RATE_CONNS conns; harness $BENCH_DIR; binaries $BIN_DIR; raw output in $SCRATCH;$NS_NOTE"
+NOTE="Run $STAMP: MODE=$MODE DURATION=${DURATION}s WARMUP=${WARMUP}s REPEATS=$REPEATS CONNS=[$CONNS] RATES=[$RATES] req/s at $RATE_CONNS conns; harness $BENCH_DIR; binaries $BIN_DIR; raw output in $SCRATCH;$NS_NOTE$LIMIT_NOTE"
 [ "$DURATION" -lt 5 ] && NOTE="$NOTE **Smoke run (DURATION < 5 s): the figures are not meaningful.**"
 python3 "$HERE/report.py" report --out "$RESULTS" --note "$NOTE" \
   --wp-cpus "$([ "$(nproc)" -ge 2 ] && echo 1 || echo 0)" --harness-cpus 0 "${REPORT_ARGS[@]}" || STATUS=1

@@ -1,7 +1,7 @@
 //! Keep-alive traffic through the testbed, its latency by phase, and the probe that sees a config go live.
 //!
 //! [`Load`] runs `conns` client tasks, each on its own keep-alive connection to one route's service, sending
-//! `GET /` back to back until the phase turns [`Phase::Stop`] (or a hard deadline passes); each request is filed
+//! `GET /` (back to back, or at most one every `pace`) until the phase turns [`Phase::Stop`] (or a hard deadline passes); each request is filed
 //! under the phase current when it was sent. A failed request (transport error, non-200 or not an echo) is an
 //! error; the task reconnects and goes on.
 
@@ -21,11 +21,14 @@ pub enum Phase {
     Quiet = 1,
     FileSwaps = 2,
     DirectSwaps = 3,
-    QuietAfter = 4,
-    Stop = 5,
+    CompileNormal = 4,
+    CompileLanes = 5,
+    StoreOnly = 6,
+    QuietAfter = 7,
+    Stop = 8,
 }
 
-pub const PHASES: usize = 5;
+pub const PHASES: usize = 8;
 
 impl Phase {
     pub fn name(i: usize) -> &'static str {
@@ -34,6 +37,9 @@ impl Phase {
             "no swaps",
             "swaps via folder",
             "swaps in-process",
+            "compile (ordinary)",
+            "compile (lanes)",
+            "store, no compile",
             "no swaps again",
         ][i]
     }
@@ -55,7 +61,13 @@ pub struct Load {
 
 impl Load {
     /// Starts `conns` connections, the `k`th to `svc-{1 + k % (routes - 1)}` (never the probe's `svc-0`).
-    pub fn start(client: &Client, routes: usize, conns: usize, hard_stop: Instant) -> Load {
+    pub fn start(
+        client: &Client,
+        routes: usize,
+        conns: usize,
+        pace: Duration,
+        hard_stop: Instant,
+    ) -> Load {
         let phase = Arc::new(AtomicU8::new(Phase::Warmup as u8));
         let samples = Arc::new(Mutex::new(Samples::default()));
         let tasks = (0..conns)
@@ -79,6 +91,9 @@ impl Load {
                                 mine.first_error.get_or_insert(format!("{svc}: {e:#}"));
                                 conn = None;
                             }
+                        }
+                        if !pace.is_zero() {
+                            tokio::time::sleep_until((started + pace).into()).await;
                         }
                     }
                     let mut all = samples.lock().unwrap();

@@ -9,7 +9,8 @@
 //!
 //! Any change wakes one render task, which waits for `debounce` of quiet (at most ten debounces), renders the store into documents
 //! (`api/<Kind>/<namespace>/<name>`, JSON), parses them with [`Mesh::from_documents_cached`] (only the objects
-//! that changed are read again) and compiles them off the async threads; success is stored in the [`Live`],
+//! that changed are read again) and compiles them off the async threads, at idle priority
+//! ([`mesh::config::background`]); success is stored in the [`Live`],
 //! failure recorded with [`Live::set_error`] while the last good value keeps serving. When idle, the render task
 //! wakes every [`REAP_EVERY`] to free, off the async threads, the snapshots readers have let go of
 //! ([`Live::reap`]). Nothing is compiled before every watcher's initial list has completed
@@ -95,7 +96,8 @@ impl Shared {
 /// Watches the API server and keeps `live` compiled from it until dropped. See the module doc.
 ///
 /// Must be called inside a Tokio runtime (the watchers are tasks on it); outside one, the failure is recorded
-/// with [`Live::set_error`] and the guard watches nothing. `compile` runs on the blocking pool.
+/// with [`Live::set_error`] and the guard watches nothing. `compile` runs on the config lanes
+/// ([`mesh::config::background::run`]: idle priority first), waited for on the blocking pool.
 pub fn watch_api<T, F>(
     client: kube::Client,
     opts: WatchOptions,
@@ -337,7 +339,8 @@ async fn render_loop<T, F>(
         let (live, compile) = (live.clone(), compile.clone());
         let done = tokio::task::spawn_blocking(move || {
             let objects = docs.len();
-            match compile(&docs) {
+            // on an idle-priority thread: a compile does not take a core from in-flight requests
+            match mesh::config::background::run(move || compile(&docs)) {
                 Ok(next) => {
                     live.store(next);
                     tracing::info!(objects, generation = live.generation(), "config from the API server installed");

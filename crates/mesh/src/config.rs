@@ -20,6 +20,7 @@
 //! IP on its HBONE listener port; its identity is `spiffe://<td>/ns/<gw-namespace>/sa/<gw-name>`.
 //! A workload is in the mesh (reached over HBONE) when its Pod or Namespace has `istio.io/dataplane-mode: ambient`.
 
+pub mod background;
 pub mod destination;
 pub mod live;
 mod objects;

@@ -1,10 +1,11 @@
 //! `ParseCache`: the cached parse gives exactly what the uncached one does (model or error), reads only what
-//! changed and forgets what is gone; and `Live`'s graveyard frees replaced snapshots off the readers' threads.
+//! changed and forgets what is gone; and `Live`'s graveyard frees replaced snapshots off the readers' threads (on the idle-priority config reaper).
 
 use std::path::PathBuf;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use std::thread::{self, ThreadId};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
 
 use mesh::config::{ConfigError, Live, Mesh, ParseCache, DEFAULT_TRUST_DOMAIN};
 
@@ -301,57 +302,63 @@ fn an_unchanged_document_is_not_parsed_again_and_a_removed_one_is_forgotten() {
     assert_eq!(cache.stats().entries, 0);
 }
 
-/// A snapshot recording which thread dropped it.
+/// A snapshot recording the name of the thread that dropped it.
 struct Tracked {
     id: u32,
-    drops: Arc<Mutex<Vec<(u32, ThreadId)>>>,
+    drops: mpsc::Sender<(u32, String)>,
 }
 
 impl Drop for Tracked {
     fn drop(&mut self) {
-        self.drops
-            .lock()
-            .unwrap()
-            .push((self.id, thread::current().id()));
+        let name = thread::current().name().unwrap_or("").to_string();
+        let _ = self.drops.send((self.id, name));
     }
 }
 
 #[test]
-fn replaced_snapshots_are_dropped_by_store_or_reap_not_by_readers() {
-    let drops = Arc::new(Mutex::new(Vec::new()));
+fn replaced_snapshots_are_freed_by_the_config_reaper_not_by_readers() {
+    let (drops, dropped) = mpsc::channel();
     let snap = |id| Tracked {
         id,
         drops: drops.clone(),
     };
-    let dropped = || drops.lock().unwrap().clone();
-    let me = thread::current().id();
+    let next_drop = || {
+        dropped
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a snapshot was freed")
+    };
     let live = Arc::new(Live::new(snap(1)));
     let (held_tx, held_rx) = mpsc::channel();
     let (release_tx, release_rx) = mpsc::channel::<()>();
-    let reader = thread::spawn({
-        let live = live.clone();
-        move || {
-            let held = live.load();
-            held_tx.send(held.id).unwrap();
-            release_rx.recv().unwrap();
-            drop(held);
-        }
-    });
+    let reader = thread::Builder::new()
+        .name("reader".into())
+        .spawn({
+            let live = live.clone();
+            move || {
+                let held = live.load();
+                held_tx.send(held.id).unwrap();
+                release_rx.recv().unwrap();
+                drop(held);
+            }
+        })
+        .unwrap();
     assert_eq!(held_rx.recv().unwrap(), 1);
     live.store(snap(2));
-    assert_eq!(dropped(), [], "1 is still held by the reader");
     live.store(snap(3));
-    assert_eq!(dropped(), [(2, me)], "2 held by nobody: freed by the store");
+    // 2 is held by nobody: the second store hands it to the reaper; 1 is still held by the reader.
+    assert_eq!(next_drop(), (2, "config-reaper".to_string()));
     release_tx.send(()).unwrap();
     reader.join().unwrap();
-    assert_eq!(
-        dropped(),
-        [(2, me)],
-        "the reader let go of 1 but did not free it"
+    assert!(
+        dropped.try_recv().is_err(),
+        "the reader let go of 1 and freed it"
     );
     assert_eq!(live.reap(), 0);
-    assert_eq!(dropped(), [(2, me), (1, me)]);
+    assert_eq!(next_drop(), (1, "config-reaper".to_string()));
     assert_eq!(live.load().id, 3);
     assert_eq!(live.reap(), 0);
-    assert_eq!(dropped().len(), 2, "the current snapshot is not reaped");
+    assert!(
+        dropped.recv_timeout(Duration::from_millis(200)).is_err(),
+        "the current snapshot was freed"
+    );
 }

@@ -1,6 +1,7 @@
 //! The subscriber side: [`subscribe`] opens a `Push/Stream` and yields each update applied to the documents
 //! held so far; [`watch_push`] runs that as a config source for a proxy — the same contract as
-//! [`mesh::config::watch_dir`]: every update is parsed by [`Mesh::from_documents`] and compiled, success is
+//! [`mesh::config::watch_dir`]: every update is parsed by [`Mesh::from_documents`] and compiled (at idle
+//! priority first: [`mesh::config::background::run`]), success is
 //! stored in the [`Live`], failure is NACKed and recorded with [`Live::set_error`] while the last good snapshot
 //! keeps serving. When the stream breaks it reconnects with jittered exponential backoff, reporting the versions
 //! it holds so that only the difference is sent.
@@ -295,7 +296,9 @@ async fn run<T, F>(
                 let docs = r.documents.documents();
                 let (td, compile, live2) = (trust_domain.clone(), compile.clone(), live.clone());
                 let compiled = tokio::task::spawn_blocking(move || {
-                    match Mesh::from_documents(&docs, &td).and_then(|m| compile(&m)) {
+                    // on an idle-priority thread: a compile does not take a core from in-flight requests
+                    let job = move || Mesh::from_documents(&docs, &td).and_then(|m| compile(&m));
+                    match mesh::config::background::run(job) {
                         Ok(next) => {
                             live2.store(next);
                             Ok(())

@@ -6,15 +6,17 @@
 //!
 //! The watcher runs on its own thread (no async runtime needed): `notify` events go into a channel, the thread
 //! waits for `debounce` of quiet after the first one, then reloads the directory, re-reading only the documents
-//! that changed ([`ParseCache`]).
+//! that changed ([`ParseCache`]). The parse and compile run on an idle-priority thread
+//! ([`super::background::run`]), so a reload does not take a core from in-flight requests.
 //!
 //! A replaced snapshot is not dropped by whoever lets go of it last (often a request, which would pay for
 //! freeing a whole compiled config): [`Live::store`] keeps it in a graveyard and frees it there, once no reader
-//! holds it, on a later [`Live::store`] or [`Live::reap`] (the watcher calls it every [`REAP_EVERY`]). A reader
+//! holds it, on a later [`Live::store`] or [`Live::reap`] (the watcher calls it every [`REAP_EVERY`]), by
+//! handing it to the idle-priority reaper thread ([`super::background::drop_idle`]). A reader
 //! holds a snapshot for one request, so the graveyard holds what in-flight requests still use, plus what
 //! they let go of since the last store or reap.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -24,7 +26,7 @@ use arc_swap::ArcSwap;
 use notify::event::{AccessKind, AccessMode};
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 
-use super::{ConfigError, Mesh, ParseCache};
+use super::{background, ConfigError, Mesh, ParseCache};
 
 /// How often the [`watch_dir`] thread wakes, when idle, to [`Live::reap`].
 pub const REAP_EVERY: Duration = Duration::from_secs(2);
@@ -52,32 +54,6 @@ impl<T> Live<T> {
     pub fn load(&self) -> Arc<T> {
         self.current.load_full()
     }
-    /// Installs a new snapshot and bumps the generation; the one replaced goes to the graveyard, and the
-    /// graveyard's snapshots that no reader holds any more are freed here, on the caller's thread.
-    ///
-    /// The error is cleared and the snapshot installed before the generation moves, so whoever sees the new
-    /// generation also sees the new snapshot.
-    pub fn store(&self, next: T) {
-        *self.error_slot() = None;
-        let old = self.current.swap(Arc::new(next));
-        self.generation.fetch_add(1, Ordering::SeqCst);
-        self.graves().push(old);
-        self.reap();
-    }
-    /// Frees the replaced snapshots that no reader holds any more, on the caller's thread; returns how many
-    /// are still held. For the loops that call [`Live::store`], to call now and then when idle.
-    pub fn reap(&self) -> usize {
-        let mut graves = self.graves();
-        // `Live::load` hands out full `Arc`s, and a replaced snapshot can no longer be loaded: a count of 1 is
-        // the graveyard's own, for good.
-        let (dead, held): (Vec<_>, Vec<_>) =
-            graves.drain(..).partition(|s| Arc::strong_count(s) == 1);
-        *graves = held;
-        let left = graves.len();
-        drop(graves);
-        drop(dead);
-        left
-    }
     fn graves(&self) -> MutexGuard<'_, Vec<Arc<T>>> {
         // Pushes and drains cannot leave the Vec half-written.
         self.graveyard.lock().unwrap_or_else(|e| e.into_inner())
@@ -103,6 +79,39 @@ impl<T> Live<T> {
     }
 }
 
+/// Swapping in and freeing: the replaced snapshots go to another thread to be freed.
+impl<T: Send + Sync + 'static> Live<T> {
+    /// Installs a new snapshot and bumps the generation; the one replaced goes to the graveyard, and the
+    /// graveyard's snapshots that no reader holds any more are freed ([`Live::reap`]).
+    ///
+    /// The error is cleared and the snapshot installed before the generation moves, so whoever sees the new
+    /// generation also sees the new snapshot.
+    pub fn store(&self, next: T) {
+        *self.error_slot() = None;
+        let old = self.current.swap(Arc::new(next));
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.graves().push(old);
+        self.reap();
+    }
+    /// Frees the replaced snapshots that no reader holds any more, on the idle-priority reaper thread
+    /// ([`background::drop_idle`]: freeing a large config is milliseconds of CPU a request would wait behind);
+    /// returns how many are still held. For the loops that call [`Live::store`], to call now and then when idle.
+    pub fn reap(&self) -> usize {
+        let mut graves = self.graves();
+        // `Live::load` hands out full `Arc`s, and a replaced snapshot can no longer be loaded: a count of 1 is
+        // the graveyard's own, for good.
+        let (dead, held): (Vec<_>, Vec<_>) =
+            graves.drain(..).partition(|s| Arc::strong_count(s) == 1);
+        *graves = held;
+        let left = graves.len();
+        drop(graves);
+        if !dead.is_empty() {
+            background::drop_idle(dead);
+        }
+        left
+    }
+}
+
 impl<T: std::fmt::Debug> std::fmt::Debug for Live<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Live")
@@ -112,8 +121,8 @@ impl<T: std::fmt::Debug> std::fmt::Debug for Live<T> {
     }
 }
 
-/// How much lower than the proxy's threads a config thread runs (`nice`): a parse and compile of a large config
-/// takes tens of milliseconds of CPU, and in-flight requests must not wait behind it for a core.
+/// How much lower than the proxy's threads a config thread runs (`nice`): the watcher itself (its store frees
+/// the replaced snapshot), and a compile whose idle-priority lane was starved ([`super::background`]).
 pub const BACKGROUND_NICE: i32 = 10;
 
 /// Lowers the calling thread's scheduling priority to [`BACKGROUND_NICE`] (Linux: `nice` is per thread), so
@@ -179,12 +188,13 @@ where
         }
     };
     let stopped = stop.clone();
+    let compile = Arc::new(compile);
     let spawned = std::thread::Builder::new()
         .name("config-watch".into())
         .spawn(move || {
             background_priority();
-            // The thread's own: an unchanged document is never parsed twice.
-            let mut cache = ParseCache::new();
+            // The watcher's own: an unchanged document is never parsed twice.
+            let cache = Arc::new(Mutex::new(ParseCache::new()));
             loop {
                 // Wait for a change (freeing what readers let go of while idle), then for `debounce` of quiet.
                 match rx.recv_timeout(REAP_EVERY) {
@@ -205,7 +215,7 @@ where
                 if stopped.load(Ordering::SeqCst) {
                     return;
                 }
-                reload(&dir, &trust_domain, &live, &compile, &mut cache);
+                reload(&dir, &trust_domain, &live, &compile, &cache);
             }
         });
     if let Err(e) = spawned {
@@ -217,17 +227,32 @@ where
     }
 }
 
-/// One reload: parse, compile, swap in or keep the old snapshot.
+/// One reload: parse and compile (off the request path: [`background::run`]), then swap in or keep the old
+/// snapshot. A copy of the job that finds the cache taken (by the copy it overtook) parses without it.
 fn reload<T, F>(
-    dir: &std::path::Path,
+    dir: &Path,
     trust_domain: &str,
     live: &Live<T>,
-    compile: &F,
-    cache: &mut ParseCache,
+    compile: &Arc<F>,
+    cache: &Arc<Mutex<ParseCache>>,
 ) where
-    F: Fn(&Mesh) -> Result<T, ConfigError>,
+    T: Send + Sync + 'static,
+    F: Fn(&Mesh) -> Result<T, ConfigError> + Send + Sync + 'static,
 {
-    match Mesh::load_dir_cached(dir, trust_domain, cache).and_then(|mesh| compile(&mesh)) {
+    let (d, td, f, c) = (
+        dir.to_path_buf(),
+        trust_domain.to_string(),
+        compile.clone(),
+        cache.clone(),
+    );
+    let compiled = background::run(move || {
+        let mesh = match c.try_lock() {
+            Ok(mut cache) => Mesh::load_dir_cached(&d, &td, &mut cache),
+            Err(_) => Mesh::load_dir(&d, &td),
+        };
+        mesh.and_then(|mesh| f(&mesh))
+    });
+    match compiled {
         Ok(next) => {
             live.store(next);
             tracing::info!(dir = %dir.display(), generation = live.generation(), "config reloaded");
