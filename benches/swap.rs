@@ -3,8 +3,8 @@
 //!
 //! `cargo bench --bench swap` (about a minute; knobs: `SWAP_ROUTES=1000`, `SWAP_ROUNDS=20`,
 //! `SWAP_WINDOW_MS=6000`, `SWAP_INTERVAL_MS=100`, `SWAP_CONNS=4`, `SWAP_PACE_US=1000`: each connection sends at
-//! most one request per pace, about 4,000 req/s in all, ~60 % of this 2-core machine; 0 sends back to back and
-//! saturates both cores). The mesh is `swap/mesh.rs`: `SWAP_ROUTES`
+//! most one request per pace — with tokio's millisecond timer about one per 2 ms, ~1,800 req/s in all, ~3,700
+//! with 8 connections; 0 sends back to back and saturates both cores). The mesh is `swap/mesh.rs`: `SWAP_ROUTES`
 //! HTTPRoutes, each on its own Service bound to the waypoint, all served by two echo pods.
 //!
 //! 1. **Compile**, offline and idle: `Mesh::from_documents` (a full parse, nothing cached), the parse a hot swap
@@ -25,8 +25,7 @@
 //!    through `SWAP_WINDOW_MS` windows: no swaps, a folder swap every `SWAP_INTERVAL_MS`, an in-process swap
 //!    every `SWAP_INTERVAL_MS`, the in-process swap taken apart (parse and compile with nothing stored, at
 //!    ordinary priority and then on the config lanes; then stores of snapshots compiled before the window), no
-//!    swaps again; per window requests, errors, swaps (or
-//!    compiles) and latency percentiles.
+//!    swaps again; per window requests, errors, swaps (or compiles) and latency percentiles.
 //!
 //! Everything is one process on loopback (clients, ztunnels, waypoint, echoes): on a 2-core machine a compile
 //! takes CPU from the traffic it is measured against, so compare windows of one run only.

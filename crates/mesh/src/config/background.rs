@@ -20,6 +20,13 @@
 //! (1.25 → 1.80 ms with 8 connections at ~3,700 req/s; with the frees held back, 1.17–1.28 ms). [`drop_idle`]
 //! hands such values to one idle-priority reaper thread; when [`MAX_PENDING_DROPS`] are already waiting for it
 //! (a saturated proxy), the caller frees the value itself, so memory stays bounded.
+//!
+//! What the figures above do not cover: at ~60 % load (the same bench with 8 connections) swaps every 100 ms
+//! still raised p99 from 1.1–1.3 to 2–2.8 ms, with the lanes or without (2.16 vs 2.40 ms for compiles alone).
+//! Scheduling is not all of it there; what the rest is was not measured (a suspect: the compile's memory traffic
+//! in the caches the request threads share).
+//! And an idle-priority thread holding a lock a request thread also takes (the log writer's, when a compile
+//! logs a warning) delays that thread until the lane runs again, which the blocked thread's freed core allows.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, OnceLock};
@@ -141,6 +148,7 @@ pub fn drop_idle<T: Send + 'static>(value: T) {
             }
         }
     });
+    // Without a reaper, or with one too far behind, `value` is dropped here, at the end of this function.
     let Some(reaper) = reaper else { return };
     let room = PENDING_DROPS.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
         (n < MAX_PENDING_DROPS).then_some(n + 1)

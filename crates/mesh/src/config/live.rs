@@ -121,8 +121,8 @@ impl<T: std::fmt::Debug> std::fmt::Debug for Live<T> {
     }
 }
 
-/// How much lower than the proxy's threads a config thread runs (`nice`): the watcher itself (its store frees
-/// the replaced snapshot), and a compile whose idle-priority lane was starved ([`super::background`]).
+/// How much lower than the proxy's threads a config thread runs (`nice`): the folder watcher itself, and the copy
+/// of a compile whose idle-priority lane was starved ([`super::background`]).
 pub const BACKGROUND_NICE: i32 = 10;
 
 /// Lowers the calling thread's scheduling priority to [`BACKGROUND_NICE`] (Linux: `nice` is per thread), so
