@@ -299,7 +299,9 @@ pub(crate) fn on_connect_failure(
 }
 
 /// The try failed after connecting: retried when nothing of the response was sent on, the failure is one of
-/// the route's conditions, and the request can be replayed whole.
+/// the route's conditions, and the request can be replayed whole. A client that went away (Pingora reports its
+/// close as the try's error) ends the request: nobody waits for a retry, and the destination is not to blame
+/// (no outlier outcome).
 pub(crate) fn on_proxy_error(
     proxy: &WaypointProxy,
     session: &Session,
@@ -307,6 +309,10 @@ pub(crate) fn on_proxy_error(
     ctx: &mut RequestCtx,
     client_reused: bool,
 ) -> Box<Error> {
+    if classify(&e) == ProxyError::DownstreamGone {
+        e.set_retry(false);
+        return e;
+    }
     if ctx.retry_status.take().is_some() {
         e.set_retry(true);
         return e;

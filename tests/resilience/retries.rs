@@ -191,3 +191,45 @@ async fn the_retry_budget_caps_concurrent_retries() {
         "{tries} tries for 6 failing requests with maxRetries 1 (18 without a budget)"
     );
 }
+
+/// A client that goes away while its request waits for an answer is not retried for: the try it started is the
+/// only one the echoes see, and the retry counter does not move (Pingora reports the client's close as an error
+/// of the try; only the destination's failures are retried).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_closes_mid_request_is_not_retried_for() {
+    let tb = mesh(&routes()).await;
+    for pod in ["pair-0", "pair-1"] {
+        fault(&tb, pod, Fault::Delay(MS(400)));
+    }
+    let before = retries(&tb);
+    let id = request_id("gone");
+    let req = tracked("GET", &id);
+    let mut conn = client(&tb).connect(&req).await.expect("connect");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    tokio::select! {
+        r = conn.send(&req) => panic!("answered before the client left: {r:?}"),
+        _ = async {
+            while tb.attempts(&id) == 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(MS(2)).await;
+            }
+        } => {}
+    }
+    assert_eq!(tb.attempts(&id), 1, "the request never reached an echo");
+    drop(conn);
+    // A retry would reach the other echo within milliseconds of the close; watch for one past the first try's
+    // own delay.
+    let until = tokio::time::Instant::now() + MS(800);
+    while tokio::time::Instant::now() < until {
+        assert_eq!(
+            tb.attempts(&id),
+            1,
+            "the request was retried after its client left"
+        );
+        tokio::time::sleep(MS(10)).await;
+    }
+    assert_eq!(
+        retries(&tb),
+        before,
+        "a retry was counted for a client that left"
+    );
+}
