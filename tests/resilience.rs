@@ -312,6 +312,23 @@ pub fn requests(tb: &Testbed, pod: &str) -> u64 {
     tb.echo(pod).requests()
 }
 
+/// Sends `req` (carrying request id `id`) from the client pod and closes the connection once the request has
+/// reached an echo, before any answer (the echoes must be slow: `Fault::Delay`). Panics if it is answered first
+/// or reaches no echo within 10 s.
+pub async fn leave_mid_request(tb: &Testbed, req: &Req, id: &str) {
+    let mut conn = client(tb).connect(req).await.expect("connect");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    tokio::select! {
+        r = conn.send(req) => panic!("answered before the client left: {r:?}"),
+        _ = async {
+            while tb.attempts(id) == 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(MS(2)).await;
+            }
+        } => {}
+    }
+    assert_eq!(tb.attempts(id), 1, "the request never reached an echo");
+}
+
 /// A unique request id (for the echo's attempt counters).
 pub fn request_id(prefix: &str) -> String {
     format!("{prefix}-{:016x}", fastrand::u64(..))

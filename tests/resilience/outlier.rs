@@ -1,6 +1,7 @@
 //! Outlier detection from `DestinationRule.trafficPolicy.outlierDetection`: an endpoint answering 5xx
 //! `consecutive5xxErrors` times in a row is ejected (it stops receiving traffic), comes back after
-//! `baseEjectionTime`, and the waypoint never ejects every endpoint of a service.
+//! `baseEjectionTime`, and the waypoint never ejects every endpoint of a service; a client leaving mid-request
+//! is not the endpoint's failure.
 
 use std::time::Instant;
 
@@ -104,5 +105,55 @@ async fn successes_reset_the_consecutive_count() {
     assert!(
         by_pod.get("pair-0").is_some_and(|n| *n >= 10),
         "pair-0 was ejected without 2 consecutive errors: {by_pod:?}"
+    );
+}
+
+/// A client that leaves while its request waits is not the endpoint's failure: with ejection after a single
+/// 5xx, two clients leaving mid-request (one per endpoint, round robin) eject nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_leave_mid_request_eject_nobody() {
+    let rule = destination_rule(
+        "pair",
+        "    outlierDetection:
+      consecutive5xxErrors: 1
+      interval: 500ms
+      baseEjectionTime: 30s
+      maxEjectionPercent: 100
+",
+    );
+    let tb = mesh(&rule).await;
+    for pod in ["pair-0", "pair-1"] {
+        fault(&tb, pod, Fault::Delay(MS(300)));
+    }
+    let dc = waypoint::proxy::FLAGS
+        .iter()
+        .position(|f| *f == "DC")
+        .unwrap();
+    let gone =
+        || tb.waypoint(WAYPOINT).stats().flags[dc].load(std::sync::atomic::Ordering::Relaxed);
+    let before = gone();
+    for i in 0..2 {
+        let id = request_id(&format!("leave-{i}"));
+        let req = Req::get(PAIR, "/").header("x-echo-request-id", &id);
+        leave_mid_request(&tb, &req, &id).await;
+    }
+    for pod in ["pair-0", "pair-1"] {
+        fault(&tb, pod, Fault::None);
+    }
+    // Until the waypoint has ended both requests as "downstream gone" (DC), at most 10 s.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gone() < before + 2 && Instant::now() < deadline {
+        tokio::time::sleep(MS(5)).await;
+    }
+    assert_eq!(
+        gone(),
+        before + 2,
+        "the waypoint did not end both requests as DC"
+    );
+    let after = tally_sequential(&tb, &Req::get(PAIR, "/"), 10).await;
+    assert_eq!(
+        (after.get("pair-0"), after.get("pair-1")),
+        (Some(&5), Some(&5)),
+        "an endpoint was ejected for a client leaving: {after:?}"
     );
 }

@@ -203,19 +203,7 @@ async fn a_client_that_closes_mid_request_is_not_retried_for() {
     }
     let before = retries(&tb);
     let id = request_id("gone");
-    let req = tracked("GET", &id);
-    let mut conn = client(&tb).connect(&req).await.expect("connect");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    tokio::select! {
-        r = conn.send(&req) => panic!("answered before the client left: {r:?}"),
-        _ = async {
-            while tb.attempts(&id) == 0 && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(MS(2)).await;
-            }
-        } => {}
-    }
-    assert_eq!(tb.attempts(&id), 1, "the request never reached an echo");
-    drop(conn);
+    leave_mid_request(&tb, &tracked("GET", &id), &id).await;
     // A retry would reach the other echo within milliseconds of the close; watch for one past the first try's
     // own delay.
     let until = tokio::time::Instant::now() + MS(800);
