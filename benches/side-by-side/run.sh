@@ -184,27 +184,24 @@ export DURATION REPEATS CONNS RATES RATE_CONNS WARMUP QUIET_PCT QUIET_MAX_WAIT E
 OURS_WP_CMD_BASE="$BIN_DIR/waypoint run --manifests MANIFESTS --gateway default/waypoint --listen 127.0.0.20:15008 --readiness off --stats off --admin off --access-log off"
 ENVOY_WP_CMD="$ENVOY -c configs/waypoint-hbone.yaml --concurrency 1 --disable-hot-restart --log-level warn"
 LIMIT_NOTE=""
-cpu_limited() {  # NAME -- a cgroup limited to WP_CPU_LIMIT millicores; prints the shell prefix that joins it
-  local g
+cpu_limited() {  # NAME VAR -- a cgroup limited to WP_CPU_LIMIT millicores; VAR := the shell prefix that joins it
+  local g join
   if [ -w /sys/fs/cgroup/cpu ] && [ -f /sys/fs/cgroup/cpu/cpu.cfs_quota_us ]; then   # cgroup v1
-    g=/sys/fs/cgroup/cpu/side-by-side-$STAMP-$1
-    mkdir "$g" && echo 100000 >"$g/cpu.cfs_period_us" && echo $((WP_CPU_LIMIT * 100)) >"$g/cpu.cfs_quota_us" || return 1
-    echo "echo \$\$ >$g/tasks && exec "
+    g=/sys/fs/cgroup/cpu/side-by-side-$STAMP-$1; join=tasks
+    mkdir "$g" && CGROUPS+=("$g") && echo 100000 >"$g/cpu.cfs_period_us" &&
+      echo $((WP_CPU_LIMIT * 100)) >"$g/cpu.cfs_quota_us" || return 1
   elif [ -f /sys/fs/cgroup/cgroup.controllers ] && grep -qw cpu /sys/fs/cgroup/cgroup.controllers; then  # v2
-    g=/sys/fs/cgroup/side-by-side-$STAMP-$1
-    mkdir "$g" && echo "$((WP_CPU_LIMIT * 100)) 100000" >"$g/cpu.max" || return 1
-    echo "echo \$\$ >$g/cgroup.procs && exec "
+    g=/sys/fs/cgroup/side-by-side-$STAMP-$1; join=cgroup.procs
+    mkdir "$g" && CGROUPS+=("$g") && echo "$((WP_CPU_LIMIT * 100)) 100000" >"$g/cpu.max" || return 1
   else
     return 1
   fi
+  printf -v "$2" '%s' "echo \$\$ >$g/$join && exec "
 }
 OURS_PREFIX=""; ENVOY_PREFIX=""
 if [ -n "$WP_CPU_LIMIT" ]; then
-  OURS_PREFIX=$(cpu_limited ours) && ENVOY_PREFIX=$(cpu_limited envoy) ||
+  cpu_limited ours OURS_PREFIX && cpu_limited envoy ENVOY_PREFIX ||
     die "WP_CPU_LIMIT: cannot make a CPU-limited cgroup (needs root and a cgroup cpu controller, v1 or v2)"
-  # $(...) ran in a subshell: record the groups here, for cleanup
-  CGROUPS+=(/sys/fs/cgroup/cpu/side-by-side-$STAMP-ours /sys/fs/cgroup/cpu/side-by-side-$STAMP-envoy
-    /sys/fs/cgroup/side-by-side-$STAMP-ours /sys/fs/cgroup/side-by-side-$STAMP-envoy)
   LIMIT_NOTE=" both waypoints CPU-limited to ${WP_CPU_LIMIT}m (CFS quota $((WP_CPU_LIMIT * 100)) us per 100 ms period, as a Kubernetes limit) besides the pinning;"
   log "both waypoints limited to ${WP_CPU_LIMIT} millicores"
 fi

@@ -54,7 +54,7 @@ static REAPER: OnceLock<Option<mpsc::Sender<Garbage>>> = OnceLock::new();
 
 /// Which lane produced a job's result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Lane {
+enum Lane {
     /// The idle-priority thread (`SCHED_IDLE`, or [`BACKGROUND_NICE`] where that policy cannot be set).
     Idle,
     /// The copy started after the patience ran out, at [`BACKGROUND_NICE`].
@@ -69,19 +69,10 @@ where
     T: Send + 'static,
     F: Fn() -> T + Send + Sync + 'static,
 {
-    run_with(job, PATIENCE).0
+    run_counted(&IDLE_LANES, job, PATIENCE).0
 }
 
-/// [`run`] with a given patience; also says which lane answered.
-pub fn run_with<T, F>(job: F, patience: Duration) -> (T, Lane)
-where
-    T: Send + 'static,
-    F: Fn() -> T + Send + Sync + 'static,
-{
-    run_counted(&IDLE_LANES, job, patience)
-}
-
-/// [`run_with`], counting idle lanes in `lanes`.
+/// [`run`] with a given patience, counting idle lanes in `lanes`; also says which lane answered.
 fn run_counted<T, F>(lanes: &'static AtomicUsize, job: F, patience: Duration) -> (T, Lane)
 where
     T: Send + 'static,
