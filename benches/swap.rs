@@ -24,12 +24,16 @@
 //! 3. **In-flight traffic**: `SWAP_CONNS` keep-alive connections (one per route, not the probe's) sending
 //!    through `SWAP_WINDOW_MS` windows: no swaps, a folder swap every `SWAP_INTERVAL_MS`, an in-process swap
 //!    every `SWAP_INTERVAL_MS`, the in-process swap taken apart (parse and compile with nothing stored, at
-//!    ordinary priority and then on the config lanes; then stores of snapshots compiled before the window), no
-//!    swaps again; per window requests, errors, swaps (or compiles) and latency percentiles.
+//!    ordinary priority and then on the config lanes; then stores of snapshots compiled before the window),
+//!    stand-ins of a compile on the lanes (`swap/interfere.rs`: the same CPU time as pure arithmetic, without
+//!    and with `background::checkpoint` yields, as a cache sweep, as allocations), no swaps again; per window
+//!    requests, errors, swaps (or jobs) and latency percentiles.
 //!
 //! Everything is one process on loopback (clients, ztunnels, waypoint, echoes): on a 2-core machine a compile
 //! takes CPU from the traffic it is measured against, so compare windows of one run only.
 
+#[path = "swap/interfere.rs"]
+mod interfere;
 #[path = "swap/load.rs"]
 mod load;
 #[path = "swap/mesh.rs"]
@@ -41,6 +45,7 @@ use std::time::{Duration, Instant};
 
 use ::mesh::config::{background, GatewayRef, Live, Mesh, ParseCache, DEFAULT_TRUST_DOMAIN};
 use anyhow::Context as _;
+use interfere::{Calibrated, Kind};
 use load::{ms, pct, wait_seen, Load, Phase, PHASES};
 use waypoint::demo::write_atomic;
 use waypoint::snapshot::{compile, Snapshot, WaypointSpec};
@@ -171,20 +176,21 @@ fn main() {
         k.window.as_millis(),
         k.interval.as_millis()
     );
-    offline(&k);
+    let compile_cpu = offline(&k);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("a runtime");
-    if let Err(e) = rt.block_on(live_bench(&k)) {
+    if let Err(e) = rt.block_on(live_bench(&k, compile_cpu)) {
         eprintln!("swap bench failed: {e:#}");
         std::process::exit(1);
     }
 }
 
-/// Part 1: parse and compile, no traffic.
-fn offline(k: &Knobs) {
+/// Part 1: parse and compile, no traffic. Returns what a hot swap's work costs idle: the medians of a cached
+/// parse and of a compile, added.
+fn offline(k: &Knobs) -> Duration {
     let text = mesh::manifests(k.routes, 1);
     let spec = spec(15008);
     let (mut p, mut c, mut pc, mut d) = (
@@ -223,6 +229,7 @@ fn offline(k: &Knobs) {
     p.row("parse, full (Mesh::from_documents)");
     cached.row("parse, cached, one document changed");
     c.row("compile (snapshot::compile)");
+    let swap_cpu = pct(&cached.0, 50.0) + pct(&c.0, 50.0);
     pc.row("full parse + compile");
     d.row("drop a snapshot");
     let s = cache.lock().expect("cache").stats();
@@ -230,10 +237,11 @@ fn offline(k: &Knobs) {
         "  (parse cache: {} documents read, {} reused, {} held)",
         s.parsed, s.reused, s.entries
     );
+    swap_cpu
 }
 
 /// Parts 2 and 3, on a running mesh.
-async fn live_bench(k: &Knobs) -> anyhow::Result<()> {
+async fn live_bench(k: &Knobs, compile_cpu: Duration) -> anyhow::Result<()> {
     let t = Instant::now();
     let tb = Testbed::start(&mesh::manifests(k.routes, 1))
         .await
@@ -320,7 +328,7 @@ async fn live_bench(k: &Knobs) -> anyhow::Result<()> {
     total.row("in-process: handed -> seen by a request");
     println!("  ({probes} probe requests)");
 
-    in_flight(k, &tb, &live, &spec, gen, &cache).await?;
+    in_flight(k, &tb, &live, &spec, gen, &cache, compile_cpu).await?;
     tb.shutdown().await;
     Ok(())
 }
@@ -333,7 +341,11 @@ async fn in_flight(
     spec: &WaypointSpec,
     gen: u64,
     cache: &Arc<Mutex<ParseCache>>,
+    compile_cpu: Duration,
 ) -> anyhow::Result<()> {
+    // Sized before any traffic, on a quiet machine.
+    let stand_ins =
+        Arc::new(tokio::task::spawn_blocking(move || Calibrated::new(compile_cpu)).await?);
     let texts: Vec<Arc<str>> = [gen + 1, gen + 2]
         .iter()
         .map(|g| {
@@ -342,7 +354,7 @@ async fn in_flight(
                 .map(Arc::from)
         })
         .collect::<anyhow::Result<_>>()?;
-    let hard_stop = Instant::now() + 8 * (k.window + 2 * SETTLE) + Duration::from_secs(30);
+    let hard_stop = Instant::now() + 12 * (k.window + 2 * SETTLE) + Duration::from_secs(30);
     let load = Load::start(&tb.client("client-0"), k.routes, k.conns, k.pace, hard_stop);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut swaps = [0u64; PHASES];
@@ -382,6 +394,7 @@ async fn in_flight(
     load.set(Phase::Warmup);
     tokio::time::sleep(SETTLE).await;
     let mut parts = decompose(k, live, spec, &texts, i, cache, &load, &mut swaps).await?;
+    let mut lanes = stand_in_windows(k, &stand_ins, &load, &mut swaps).await?;
 
     load.set(Phase::QuietAfter);
     tokio::time::sleep(k.window).await;
@@ -420,6 +433,17 @@ async fn in_flight(
     parts[0].row("under load: parse+compile at ordinary priority, not stored");
     parts[1].row("under load: parse+compile on the config lanes, not stored");
     parts[2].row("under load: Live::store of a compiled snapshot");
+    println!(
+        "  (stand-ins of a compile on the lanes, each {} ms of CPU idle:)",
+        ms(compile_cpu)
+    );
+    for (stage, kind) in
+        lanes
+            .iter_mut()
+            .zip(["spin", "spin, yields", "sweep 64 MiB", "alloc churn"])
+    {
+        stage.row(&format!("under load: lane job, {kind}"));
+    }
     if let Some(e) = &s.first_error {
         println!("  first error: {e}");
     }
@@ -460,7 +484,8 @@ async fn decompose(
                 if n == 0 {
                     drop(compile(&parse_cached(&text, &c), &s).expect("compiles"));
                 } else {
-                    drop(prepare(&text, &s, &c));
+                    // Freed where a swap frees the snapshot it replaces: on the reaper's idle lane.
+                    background::drop_idle(prepare(&text, &s, &c).0);
                 }
                 t.elapsed()
             })
@@ -501,6 +526,39 @@ async fn decompose(
     load.set(Phase::Warmup);
     tokio::task::spawn_blocking(move || drop(ready)).await?;
     tokio::time::sleep(SETTLE).await;
+    Ok(stages)
+}
+
+/// A window per [`Kind`] of compile stand-in, one job on the config lanes every `interval` (see
+/// `swap/interfere.rs`); returns each window's job wall times.
+async fn stand_in_windows(
+    k: &Knobs,
+    stand_ins: &Arc<Calibrated>,
+    load: &Load,
+    swaps: &mut [u64; PHASES],
+) -> anyhow::Result<[Stage; 4]> {
+    let mut stages: [Stage; 4] = Default::default();
+    let kinds = [
+        (Kind::Spin, Phase::LaneSpin),
+        (Kind::SpinYielding, Phase::LaneSpinYielding),
+        (Kind::Sweep, Phase::LaneSweep),
+        (Kind::Churn, Phase::LaneChurn),
+    ];
+    for (stage, (kind, phase)) in stages.iter_mut().zip(kinds) {
+        load.set(phase);
+        let end = Instant::now() + k.window;
+        while Instant::now() < end {
+            let next = Instant::now() + k.interval;
+            let s = stand_ins.clone();
+            stage
+                .0
+                .push(tokio::task::spawn_blocking(move || s.run(kind)).await?);
+            swaps[phase as usize] += 1;
+            tokio::time::sleep_until(next.into()).await;
+        }
+        load.set(Phase::Warmup);
+        tokio::time::sleep(SETTLE).await;
+    }
     Ok(stages)
 }
 

@@ -82,6 +82,7 @@ pub fn compile<'a>(
         diagnostics,
     };
     for key in keys {
+        mesh::config::background::checkpoint();
         let (ns, name) = key.split_once('/').unwrap_or(("", key));
         let policies = by_ns
             .get(ns)

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use mesh::config::{ConfigError, GatewayRef, Mesh, Service};
+use mesh::config::{background, ConfigError, GatewayRef, Mesh, Service};
 use mesh::identity::Identity;
 
 use crate::resilience::balance::{self, EndpointLoad, PickKey, PickOutcome, Ring};
@@ -51,6 +51,16 @@ pub struct Snapshot {
     pub policy_diagnostics: Vec<authz::policy::Diagnostic>,
     /// The destinations' telemetry labels, interned (empty without telemetry).
     pub destinations: crate::proxy::observe::Destinations,
+}
+
+/// Frees the tables one at a time, yielding between them when on a config lane (the reaper frees replaced
+/// snapshots there: [`mesh::config::background::drain`]).
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        background::drain(&mut self.services);
+        background::drain(&mut self.security);
+        background::drain(&mut self.statuses);
+    }
 }
 
 impl Snapshot {

@@ -24,11 +24,15 @@ pub enum Phase {
     CompileNormal = 4,
     CompileLanes = 5,
     StoreOnly = 6,
-    QuietAfter = 7,
-    Stop = 8,
+    LaneSpin = 7,
+    LaneSpinYielding = 8,
+    LaneSweep = 9,
+    LaneChurn = 10,
+    QuietAfter = 11,
+    Stop = 12,
 }
 
-pub const PHASES: usize = 8;
+pub const PHASES: usize = 12;
 
 impl Phase {
     pub fn name(i: usize) -> &'static str {
@@ -40,6 +44,10 @@ impl Phase {
             "compile (ordinary)",
             "compile (lanes)",
             "store, no compile",
+            "lane: spin",
+            "lane: spin, yields",
+            "lane: sweep 64 MiB",
+            "lane: alloc churn",
             "no swaps again",
         ][i]
     }

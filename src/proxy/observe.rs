@@ -38,6 +38,7 @@ impl Destinations {
     ) -> Destinations {
         let mut out = Destinations::default();
         for table in tables {
+            mesh::config::background::checkpoint();
             if !out.services.contains_key(&table.name) {
                 let (ns, name) = table.name.split_once('/').unwrap_or(("", &table.name));
                 let service = ServiceInfo {

@@ -39,7 +39,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh::config::{ConfigError, Mesh, Service};
+use mesh::config::{background, ConfigError, Mesh, Service};
 use waypoint_filters::{HeaderModifier, MirrorFraction, Redirect, UrlRewrite};
 
 use super::matching::{MatchTable, Origin, RequestView, RouteMatch};
@@ -315,6 +315,7 @@ pub(crate) fn compile_tables_with_state(
     let mut on_gateway: Vec<usize> = Vec::new();
     let mut compiled: Vec<rules::CompiledRoute> = Vec::with_capacity(routes.len());
     for (ri, route) in routes.iter().enumerate() {
+        background::checkpoint();
         let outcomes: Vec<_> = route
             .body
             .parent_refs
@@ -392,6 +393,7 @@ pub(crate) fn compile_tables_with_state(
     }
     let mut tables = HashMap::with_capacity(plans.len());
     for (addr, svc, port, roles) in plans {
+        background::checkpoint();
         let table = build_table(&cx, svc, port, &routes, &mut compiled, &mut uses, &roles);
         tables.insert(addr, Arc::new(table));
     }

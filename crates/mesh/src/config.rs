@@ -228,6 +228,22 @@ pub struct Mesh {
     index: Index,
 }
 
+/// Frees the objects one at a time, yielding on a config lane between them ([`background::drain`]): a
+/// 1,000-route mesh is ~5 ms of frees, and a lane thread must not hold a core that long in one piece.
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        background::drain(&mut self.http_routes);
+        background::drain(&mut self.grpc_routes);
+        background::drain(&mut self.services);
+        background::drain(&mut self.workloads);
+        background::drain(&mut self.destination_rules);
+        background::drain(&mut self.authorization_policies);
+        background::drain(&mut self.request_authentications);
+        background::drain(&mut self.reference_grants);
+        background::drain(&mut self.namespaces);
+    }
+}
+
 /// A parsed object and the file it came from (for error messages of later stages).
 #[derive(Clone, Debug)]
 pub struct Sourced<T> {

@@ -236,6 +236,7 @@ pub(crate) fn routes(mesh: &Mesh, keep: Keep<'_>) -> Result<Vec<RouteSpec>, Conf
     macro_rules! push {
         ($kind:expr, $routes:expr) => {
             for r in $routes {
+                mesh::config::background::checkpoint();
                 let m = &r.object.metadata;
                 if let Some(keep) = keep {
                     let ns = m.namespace.as_deref().unwrap_or("default");

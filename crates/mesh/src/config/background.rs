@@ -1,37 +1,47 @@
-//! Config work (parse, compile) that must not delay a request: [`run`].
+//! Config work (parse, compile) that must not delay a request: [`run`], [`checkpoint`], [`drain`].
 //!
 //! A 1,000-route parse and compile is ~25 ms of CPU. Measured with `cargo bench --bench swap` (windows of
 //! keep-alive traffic while a config is parsed and compiled every 100 ms), that CPU, not the swap itself, is
 //! what raises in-flight latency: compiling without storing raised p99 from 0.86 to 2.9 ms, storing compiled
 //! snapshots without compiling left it at 0.95 ms. Lowering the compiling thread's `nice` to 10 did not help
 //! (p99 1.9–2.8 ms): once picked, the scheduler lets a niced thread finish its slice before a woken request
-//! thread gets the core. A `SCHED_IDLE` thread is preempted at once by any ordinary thread that wakes, so a
-//! compile there costs in-flight requests nothing (p99 0.9–1.0 ms in the same bench) — but it only runs on CPU
-//! the proxy leaves idle, and a proxy whose cores are saturated would never apply a config. Hence two lanes:
-//! the job starts on an idle-priority thread; if it has not finished after [`PATIENCE`], a second copy starts
-//! at [`BACKGROUND_NICE`] and the first result wins. A proxy with spare CPU swaps without a latency spike; a
-//! saturated one still swaps, within the patience plus an ordinary compile.
+//! thread gets the core. Hence two lanes: the job starts on a `SCHED_IDLE` thread, which only runs on CPU the
+//! proxy leaves idle; if it has not finished after [`PATIENCE`], a second copy starts at [`BACKGROUND_NICE`] and
+//! the first result wins, so a proxy whose cores are saturated still applies a config, within the patience plus
+//! an ordinary compile.
+//!
+//! `SCHED_IDLE` alone is not enough, and the idle lane must yield ([`checkpoint`]). Traced with
+//! `perf sched` (Linux 6.18, EEVDF) at ~60 % load: when a request thread sleeps, the scheduler can pick the
+//! idle-priority thread over another request thread just woken on the same core, and nothing takes the core
+//! back until the idle thread's slice ends at a tick — one worker waited 3.1 ms while the lane ran. Runtime
+//! workers waiting more than 0.5 ms for a core, per 6 s window: 14 without swaps, 66 with a lane job of pure
+//! arithmetic (no memory traffic, no allocation: the same CPU time as a compile), 109 with the compile itself,
+//! 311 with the compile at ordinary priority. Calling `sched_yield` every [`YIELD_EVERY`] gives the core back
+//! to whoever waits for it: the arithmetic job with yields left p99 where it was without swaps (1.07–1.27 vs
+//! 1.12–1.81 ms; without yields 1.46–2.04). So parse, compile and the frees of a replaced config call
+//! [`checkpoint`] between units (a document, a route, a table, an object); the longest stretch left without
+//! one is ~1 ms (splitting a large file into documents; gathering the policies). Measured after, three
+//! interleaved pairs of runs at ~3,700 req/s: in-process swaps every 100 ms raised p99 2.1–2.3× over the same
+//! run's quiet window before, 1.00–1.06× after. The cost: under that load a lane job takes longer (55–93 ms
+//! median instead of 56–82), well inside the patience; idle it is unchanged.
 //!
 //! Each lane is a fresh thread (an unprivileged thread cannot leave `SCHED_IDLE` again, so the policy is set on
 //! a thread that ends with its job). A job a fallback overtook runs on to its end and its result is dropped; at
 //! most [`MAX_IDLE_LANES`] such idle-lane jobs exist at once, after that a job goes straight to the fallback.
+//! The fallback lane does not yield: it exists for a proxy with no idle CPU, where a yield would only delay it.
 //!
-//! Freeing a replaced 1,000-route snapshot is 1–4 ms of CPU too, and in the same bench it raised p99 by half
-//! (1.25 → 1.80 ms with 8 connections at ~3,700 req/s; with the frees held back, 1.17–1.28 ms). [`drop_idle`]
-//! hands such values to one idle-priority reaper thread; when [`MAX_PENDING_DROPS`] are already waiting for it
-//! (a saturated proxy), the caller frees the value itself, so memory stays bounded. Measured after: stores alone
-//! 1.45–2.01 ms over five runs, so the reaper removes only part of that rise (the rest: see below).
+//! Freeing a replaced 1,000-route snapshot is 1–4 ms of CPU too. [`drop_idle`] hands such values to one
+//! idle-priority reaper thread, which yields as the lanes do (the snapshot's and the mesh's `Drop` free them
+//! piece by piece through [`drain`]); when [`MAX_PENDING_DROPS`] are already waiting for it (a saturated proxy),
+//! the caller frees the value itself, so memory stays bounded.
 //!
-//! What the figures above do not cover: at ~60 % load (the same bench with 8 connections) swaps every 100 ms
-//! still raised p99 from 1.1–1.3 to 2–2.8 ms, with the lanes or without (2.16 vs 2.40 ms for compiles alone).
-//! Scheduling is not all of it there; what the rest is was not measured (a suspect: the compile's memory traffic
-//! in the caches the request threads share).
-//! And an idle-priority thread holding a lock a request thread also takes (the log writer's, when a compile
-//! logs a warning) delays that thread until the lane runs again, which the blocked thread's freed core allows.
+//! An idle-priority thread holding a lock a request thread also takes (the log writer's, when a compile logs a
+//! warning) delays that thread until the lane runs again, which the blocked thread's freed core allows.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::live::{background_priority, BACKGROUND_NICE};
 
@@ -52,6 +62,43 @@ type Garbage = Box<dyn Send>;
 
 /// The reaper's queue; `None` when its thread could not be started.
 static REAPER: OnceLock<Option<mpsc::Sender<Garbage>>> = OnceLock::new();
+
+/// How much work an idle-lane job does between two [`checkpoint`] yields, at most (checkpoints permitting).
+pub const YIELD_EVERY: Duration = Duration::from_micros(50);
+
+thread_local! {
+    /// On an idle lane's thread: when it last yielded (or started). `None` on every other thread.
+    static LAST_YIELD: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// Yields [`checkpoint`] made on this thread (read by the tests).
+    static YIELDS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Called between units of config work (a document parsed, a service compiled): on an idle lane's thread, when
+/// [`YIELD_EVERY`] has passed since the last yield, gives the CPU to any request thread waiting for it
+/// (`sched_yield`); anywhere else, nothing. See the module doc for why an idle-priority thread must do this.
+pub fn checkpoint() {
+    LAST_YIELD.with(|last| {
+        let Some(at) = last.get() else { return };
+        let now = Instant::now();
+        if now.duration_since(at) >= YIELD_EVERY {
+            std::thread::yield_now();
+            last.set(Some(Instant::now()));
+            YIELDS.with(|n| n.set(n.get() + 1));
+        }
+    });
+}
+
+/// Empties `items` one by one with a [`checkpoint`] after each: how a big config structure is freed on a lane
+/// (call it from the structure's `Drop`; off the lanes it is an ordinary drop, element by element).
+pub fn drain<C, I>(items: &mut C)
+where
+    C: Default + IntoIterator<Item = I>,
+{
+    for item in std::mem::take(items) {
+        drop(item);
+        checkpoint();
+    }
+}
 
 /// Which lane produced a job's result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,6 +136,7 @@ where
             .spawn(move || {
                 let _slot = slot;
                 idle_priority();
+                LAST_YIELD.with(|last| last.set(Some(Instant::now())));
                 let _ = t.send((j(), Lane::Idle));
             });
         if started.is_ok() {
@@ -127,6 +175,7 @@ pub fn drop_idle<T: Send + 'static>(value: T) {
             .name("config-reaper".into())
             .spawn(move || {
                 idle_priority();
+                LAST_YIELD.with(|last| last.set(Some(Instant::now())));
                 for garbage in rx {
                     drop(garbage);
                     PENDING_DROPS.fetch_sub(1, Ordering::AcqRel);
@@ -339,5 +388,53 @@ mod tests {
         assert_eq!(LANES.load(Ordering::SeqCst), 0, "lanes not given back");
         let (_, lane) = run_counted(&LANES, || (), Duration::from_secs(10));
         assert_eq!(lane, Lane::Idle);
+    }
+
+    /// Calls [`checkpoint`] for `work` of wall time; the yields it made on this thread.
+    fn checkpoints_for(work: Duration) -> u64 {
+        let before = YIELDS.with(Cell::get);
+        let t = Instant::now();
+        while t.elapsed() < work {
+            checkpoint();
+        }
+        YIELDS.with(Cell::get) - before
+    }
+
+    #[test]
+    fn checkpoints_yield_on_an_idle_lane_and_nowhere_else() {
+        static LANES: AtomicUsize = AtomicUsize::new(0);
+        let work = Duration::from_millis(5);
+        assert_eq!(checkpoints_for(work), 0, "an ordinary thread never yields");
+        // A patience no busy test machine exhausts: the job stays on the idle lane.
+        let patience = Duration::from_secs(60);
+        let (yields, lane) = run_counted(&LANES, move || checkpoints_for(work), patience);
+        assert_eq!(lane, Lane::Idle);
+        // 5 ms of wall time in steps of at least YIELD_EVERY (50 µs): at most 100 yields (fewer when the
+        // machine is busy and the lane waits for a core between two checkpoints), never none.
+        let most = (work.as_micros() / YIELD_EVERY.as_micros()) as u64;
+        assert!(
+            (1..=most).contains(&yields),
+            "{yields} yields in {work:?} (at most {most})"
+        );
+    }
+
+    #[test]
+    fn drain_empties_and_frees_every_item() {
+        static FREED: AtomicUsize = AtomicUsize::new(0);
+        struct Counted;
+        impl Drop for Counted {
+            fn drop(&mut self) {
+                FREED.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let mut v: Vec<Counted> = (0..1000).map(|_| Counted).collect();
+        drain(&mut v);
+        assert!(v.is_empty());
+        assert_eq!(FREED.load(Ordering::Relaxed), 1000);
+        let mut m: std::collections::HashMap<u32, Counted> =
+            (0..10).map(|k| (k, Counted)).collect();
+        drain(&mut m);
+        assert!(m.is_empty());
+        assert_eq!(FREED.load(Ordering::Relaxed), 1010);
     }
 }

@@ -155,6 +155,7 @@ pub(super) fn read_chunk(file: &Path, text: &str) -> Chunk {
         out: Chunk::default(),
     };
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        super::background::checkpoint();
         let n = i + 1;
         r.n = n;
         r.out.docs = n;

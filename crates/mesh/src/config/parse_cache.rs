@@ -83,6 +83,7 @@ impl ParseCache {
             let plan: Vec<_> = split(text)
                 .into_iter()
                 .map(|chunk| {
+                    super::background::checkpoint();
                     let hash = key(file, chunk);
                     (chunk, hash, self.find(file, chunk, hash))
                 })
@@ -108,6 +109,7 @@ impl ParseCache {
             let split = plan.len() > 1;
             let mut chunks = Vec::with_capacity(plan.len());
             for (chunk, hash, cached) in plan {
+                super::background::checkpoint();
                 let chunk = match cached {
                     Some(c) => c,
                     None => self.get(file, chunk, hash),
@@ -126,6 +128,7 @@ impl ParseCache {
             }
             let mut base = 0;
             for chunk in &chunks {
+                super::background::checkpoint();
                 p.chunk(file, base, chunk)?;
                 base += chunk.docs;
             }

@@ -45,6 +45,7 @@ pub(super) fn build(parsed: Parsed, trust_domain: &str) -> Mesh {
         .collect();
     let mut services = parsed.services;
     for s in &mut services {
+        super::background::checkpoint();
         s.waypoint = binding(s, &namespaces, &waypoints);
     }
     drop(waypoints);
