@@ -17,13 +17,14 @@
 //! workers waiting more than 0.5 ms for a core, per 6 s window: 14 without swaps, 66 with a lane job of pure
 //! arithmetic (no memory traffic, no allocation: the same CPU time as a compile), 109 with the compile itself,
 //! 311 with the compile at ordinary priority. Calling `sched_yield` every [`YIELD_EVERY`] gives the core back
-//! to whoever waits for it: the arithmetic job with yields left p99 where it was without swaps (1.07–1.27 vs
-//! 1.12–1.81 ms; without yields 1.46–2.04). So parse, compile and the frees of a replaced config call
-//! [`checkpoint`] between units (a document, a route, a table, an object); the longest stretch left without
-//! one is ~1 ms (splitting a large file into documents; gathering the policies). Measured after, three
-//! interleaved pairs of runs at ~3,700 req/s: in-process swaps every 100 ms raised p99 2.1–2.3× over the same
-//! run's quiet window before, 1.00–1.06× after. The cost: under that load a lane job takes longer (55–93 ms
-//! median instead of 56–82), well inside the patience; idle it is unchanged.
+//! to whoever waits for it: over 20 runs, p99 over the same run's quiet windows was 0.95–2.22× (median 1.4×)
+//! with the arithmetic job, 0.69–1.30× (median 1.0×) with the same job yielding. So parse, compile and the
+//! frees of a replaced config call [`checkpoint`] between units (a document, a route, a table, an object); the
+//! longest stretch left without one is ~1 ms (splitting a large file into documents; gathering the policies).
+//! Measured after, at ~3,700 req/s: in-process swaps every 100 ms raised p99 1.42–2.40× (median 1.98×, 5 runs)
+//! over the same run's quiet windows before, 0.84–1.64× (median 1.11×, 10 runs) after. The cost: a lane gives
+//! way to any runnable thread, so a swap on a busy proxy takes longer (under that load 55–93 ms median instead
+//! of 56–82, well inside the patience). Figures and traces: `docs/performance.md`.
 //!
 //! Each lane is a fresh thread (an unprivileged thread cannot leave `SCHED_IDLE` again, so the policy is set on
 //! a thread that ends with its job). A job a fallback overtook runs on to its end and its result is dropped; at
