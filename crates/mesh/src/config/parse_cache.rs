@@ -195,6 +195,7 @@ pub(super) fn split(text: &str) -> Vec<&str> {
         }
         if marker(rest, b'-') && line > 0 {
             starts.push(line);
+            super::background::checkpoint();
         }
         match rest.iter().position(|&b| b == b'\n') {
             Some(i) => line += i + 1,
