@@ -183,6 +183,7 @@ fn waypoint_callers(
 ) -> HashMap<IpAddr, BTreeSet<Identity>> {
     let mut out: HashMap<IpAddr, BTreeSet<Identity>> = HashMap::new();
     for svc in &mesh.services {
+        mesh::config::background::checkpoint();
         let Some(wp) = svc.waypoint.as_ref().and_then(|r| mesh.waypoint(r)) else {
             continue;
         };

@@ -20,9 +20,9 @@
 //! to whoever waits for it: over 20 runs, p99 over the same run's quiet windows was 0.95–2.22× (median 1.4×)
 //! with the arithmetic job, 0.69–1.30× (median 1.0×) with the same job yielding. So parse, compile and the
 //! frees of a replaced config call [`checkpoint`] between units (a document, a route, a table, an object); the
-//! longest stretch left without one is ~1 ms (splitting a large file into documents; gathering the policies).
+//! longest stretch left without one is ~1 ms (gathering the policies, in the authz crate).
 //! Measured after, at ~3,700 req/s: in-process swaps every 100 ms raised p99 1.42–2.40× (median 1.98×, 5 runs)
-//! over the same run's quiet windows before, 0.84–1.64× (median 1.11×, 10 runs) after. The cost: a lane gives
+//! over the same run's quiet windows before, 0.84–1.64× (median 1.11×, 12 runs) after. The cost: a lane gives
 //! way to any runnable thread, so a swap on a busy proxy takes longer (under that load 55–93 ms median instead
 //! of 56–82, well inside the patience). Figures and traces: `docs/performance.md`.
 //!
