@@ -374,11 +374,7 @@ async fn in_flight(
     tokio::time::sleep(SETTLE).await;
     swaps[Phase::FileSwaps as usize] = live.generation() - before;
 
-    load.set(Phase::DirectSwaps);
-    let end = Instant::now() + k.window;
-    let mut compiles = Stage::default();
-    while Instant::now() < end {
-        let next = Instant::now() + k.interval;
+    let mut compiles = paced_window(k, &load, Phase::DirectSwaps, &mut swaps, || {
         let (l, s, text, c) = (
             live.clone(),
             spec.clone(),
@@ -386,13 +382,9 @@ async fn in_flight(
             cache.clone(),
         );
         i += 1;
-        let t = tokio::task::spawn_blocking(move || swap_in(&l, &text, &s, &c)).await?;
-        compiles.0.push(t.iter().sum());
-        swaps[Phase::DirectSwaps as usize] += 1;
-        tokio::time::sleep_until(next.into()).await;
-    }
-    load.set(Phase::Warmup);
-    tokio::time::sleep(SETTLE).await;
+        Some(move || swap_in(&l, &text, &s, &c).iter().sum())
+    })
+    .await?;
     let mut parts = decompose(k, live, spec, &texts, i, cache, &load, &mut swaps).await?;
     let mut lanes = stand_in_windows(k, &stand_ins, &load, &mut swaps).await?;
 
@@ -473,13 +465,10 @@ async fn decompose(
         .into_iter()
         .enumerate()
     {
-        load.set(phase);
-        let end = Instant::now() + k.window;
-        while Instant::now() < end {
-            let next = Instant::now() + k.interval;
+        stages[n] = paced_window(k, load, phase, swaps, || {
             let (s, text, c) = (spec.clone(), texts[i % 2].clone(), cache.clone());
             i += 1;
-            let t = tokio::task::spawn_blocking(move || {
+            Some(move || {
                 let t = Instant::now();
                 if n == 0 {
                     drop(compile(&parse_cached(&text, &c), &s).expect("compiles"));
@@ -489,13 +478,8 @@ async fn decompose(
                 }
                 t.elapsed()
             })
-            .await?;
-            stages[n].0.push(t);
-            swaps[phase as usize] += 1;
-            tokio::time::sleep_until(next.into()).await;
-        }
-        load.set(Phase::Warmup);
-        tokio::time::sleep(SETTLE).await;
+        })
+        .await?;
     }
     let n = (k.window.as_millis() / k.interval.as_millis().max(1)) as usize + 2;
     let (s, t, c) = (spec.clone(), texts.to_vec(), cache.clone());
@@ -507,25 +491,17 @@ async fn decompose(
     .await?;
     tokio::time::sleep(SETTLE).await;
 
-    load.set(Phase::StoreOnly);
-    let (end, mut ready) = (Instant::now() + k.window, ready.into_iter());
-    while Instant::now() < end {
-        let next = Instant::now() + k.interval;
-        let Some(snap) = ready.next() else { break };
-        let l = live.clone();
-        let t = tokio::task::spawn_blocking(move || {
+    let mut ready = ready.into_iter();
+    stages[2] = paced_window(k, load, Phase::StoreOnly, swaps, || {
+        let (l, snap) = (live.clone(), ready.next()?);
+        Some(move || {
             let t = Instant::now();
             l.store(snap);
             t.elapsed()
         })
-        .await?;
-        stages[2].0.push(t);
-        swaps[Phase::StoreOnly as usize] += 1;
-        tokio::time::sleep_until(next.into()).await;
-    }
-    load.set(Phase::Warmup);
+    })
+    .await?;
     tokio::task::spawn_blocking(move || drop(ready)).await?;
-    tokio::time::sleep(SETTLE).await;
     Ok(stages)
 }
 
@@ -545,21 +521,41 @@ async fn stand_in_windows(
         (Kind::Churn, Phase::LaneChurn),
     ];
     for (stage, (kind, phase)) in stages.iter_mut().zip(kinds) {
-        load.set(phase);
-        let end = Instant::now() + k.window;
-        while Instant::now() < end {
-            let next = Instant::now() + k.interval;
+        *stage = paced_window(k, load, phase, swaps, || {
             let s = stand_ins.clone();
-            stage
-                .0
-                .push(tokio::task::spawn_blocking(move || s.run(kind)).await?);
-            swaps[phase as usize] += 1;
-            tokio::time::sleep_until(next.into()).await;
-        }
-        load.set(Phase::Warmup);
-        tokio::time::sleep(SETTLE).await;
+            Some(move || s.run(kind))
+        })
+        .await?;
     }
     Ok(stages)
+}
+
+/// One `k.window` of traffic filed under `phase`: every `k.interval`, the next job from `next_job` runs on the
+/// blocking pool (the window ends early when there is none) and its returned duration is filed; each counts as a
+/// swap of `phase`. Then the traffic is filed under warm-up while the last job's effects settle.
+async fn paced_window<J>(
+    k: &Knobs,
+    load: &Load,
+    phase: Phase,
+    swaps: &mut [u64; PHASES],
+    mut next_job: impl FnMut() -> Option<J>,
+) -> anyhow::Result<Stage>
+where
+    J: FnOnce() -> Duration + Send + 'static,
+{
+    let mut stage = Stage::default();
+    load.set(phase);
+    let end = Instant::now() + k.window;
+    while Instant::now() < end {
+        let next = Instant::now() + k.interval;
+        let Some(job) = next_job() else { break };
+        stage.0.push(tokio::task::spawn_blocking(job).await?);
+        swaps[phase as usize] += 1;
+        tokio::time::sleep_until(next.into()).await;
+    }
+    load.set(Phase::Warmup);
+    tokio::time::sleep(SETTLE).await;
+    Ok(stage)
 }
 
 /// A thread noting when `live`'s generation passes `before` (checked every 100 µs, for [`PATIENCE`]).

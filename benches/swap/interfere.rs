@@ -6,8 +6,8 @@
 //! - [`Kind::Spin`]: arithmetic on registers, nothing beyond the L1 cache;
 //! - [`Kind::Sweep`]: reads and writes a buffer larger than the machine's last-level cache (64 MiB), allocated
 //!   once before the window, so no allocation and no page fault during it;
-//! - [`Kind::Churn`]: small allocations (48–560 bytes, the sizes of a snapshot's records) kept until the job ends
-//!   and then freed, the allocator's share of a compile.
+//! - [`Kind::Churn`]: small allocations (48–560 bytes, each written) kept until the job ends and then freed, a
+//!   stand-in for the allocator's share of a compile.
 //!
 //! The window whose p99 rises like the compile's says what the compile's spike is made of.
 
@@ -107,7 +107,7 @@ impl Calibrated {
 }
 
 /// `n` rounds of an integer hash: registers only; `yielding`: with a [`background::checkpoint`] every 4,096
-/// rounds (a few µs), as config work does between units.
+/// rounds, as config work does between units.
 fn spin(n: u64, yielding: bool) -> u64 {
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
     for i in 0..n {

@@ -91,10 +91,7 @@ pub fn checkpoint() {
 
 /// Empties `items` one by one with a [`checkpoint`] after each: how a big config structure is freed on a lane
 /// (call it from the structure's `Drop`; off the lanes it is an ordinary drop, element by element).
-pub fn drain<C, I>(items: &mut C)
-where
-    C: Default + IntoIterator<Item = I>,
-{
+pub fn drain<C: Default + IntoIterator>(items: &mut C) {
     for item in std::mem::take(items) {
         drop(item);
         checkpoint();
