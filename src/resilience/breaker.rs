@@ -203,16 +203,30 @@ impl ServiceBreaker {
     /// The connection slots for `maxConnections` = `max` (HTTP/1.1 upstreams; see [`slots`]): the same pool
     /// while the limit stays the same; a new one when a config swap changes it (tries holding slots of the old
     /// pool finish on it). `None` when `max` exceeds [`slots::MAX_SLOTS`] (not enforced).
+    ///
+    /// Tries racing here all get the pool that is stored: a new pool replaces the current one only by
+    /// compare-and-swap (two first tries must never each take slots of a pool of their own).
     pub fn slots(&self, max: u32) -> Option<Arc<SlotPool>> {
         if max > slots::MAX_SLOTS {
             return None;
         }
-        if let Some(p) = self.slots.load_full().filter(|p| p.max() == max) {
-            return Some(p);
+        let current = self.slots.load();
+        if let Some(p) = current.as_ref().filter(|p| p.max() == max) {
+            return Some(p.clone());
         }
-        let fresh = Arc::new(SlotPool::new(max));
-        self.slots.store(Some(fresh.clone()));
-        Some(fresh)
+        let mut stored = None;
+        self.slots.rcu(|now| match now {
+            Some(p) if p.max() == max => {
+                stored = Some(p.clone());
+                now.clone()
+            }
+            _ => {
+                let fresh = Arc::new(SlotPool::new(max));
+                stored = Some(fresh.clone());
+                Some(fresh)
+            }
+        });
+        stored
     }
 
     /// The process-unique id of this service's breaker (names its connection slots).
@@ -238,5 +252,51 @@ impl ServiceBreaker {
     /// Times the `kind` limit refused (Envoy's `upstream_rq_pending_overflow`, `upstream_rq_retry_overflow`, …).
     pub fn overflows_of(&self, kind: Overflow) -> u64 {
         self.refused[kind.index()].load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The first tries of a burst race to create the slot pool: every one must get the same pool, or each
+    /// would hold slots of its own and the backend would see more than `maxConnections` at once.
+    #[test]
+    fn racing_first_tries_share_one_slot_pool() {
+        const THREADS: usize = 4;
+        for _ in 0..200 {
+            let breaker = Arc::new(ServiceBreaker::default());
+            let start = Arc::new(std::sync::Barrier::new(THREADS));
+            let pools: Vec<Arc<SlotPool>> = (0..THREADS)
+                .map(|_| {
+                    let (b, start) = (breaker.clone(), start.clone());
+                    std::thread::spawn(move || {
+                        start.wait();
+                        b.slots(2).expect("2 is enforced")
+                    })
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|t| t.join().expect("joined"))
+                .collect();
+            let stored = breaker.slots(2).expect("stored");
+            for p in &pools {
+                assert!(
+                    Arc::ptr_eq(p, &stored),
+                    "a try got a pool that is not the stored one"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_changed_limit_replaces_the_pool_and_the_same_limit_keeps_it() {
+        let b = ServiceBreaker::default();
+        let two = b.slots(2).expect("enforced");
+        assert!(Arc::ptr_eq(&two, &b.slots(2).expect("enforced")));
+        let three = b.slots(3).expect("enforced");
+        assert_eq!(three.max(), 3);
+        assert!(!Arc::ptr_eq(&two, &three));
+        assert!(b.slots(slots::MAX_SLOTS + 1).is_none());
     }
 }
