@@ -5,7 +5,8 @@
 //!   time, and the generation that kept serving), and per service its rules and backends with weights and
 //!   endpoints ([`dump`]).
 //! - `GET /routes`: route status per route and parent of the active snapshot, as `waypoint check` prints it.
-//! - `GET /stats`, `/stats/prometheus`: proxy health counters in the Prometheus text format ([`health_stats`]).
+//! - `GET /stats`, `/stats/prometheus`: every metric in the Prometheus text format ([`render_metrics`]: the Istio
+//!   metrics, the proxy's health ([`health_stats`]), authorization decisions).
 //! - `GET /logging`, `POST /logging?level=debug` or `?level=waypoint::access=info`: the log filter
 //!   (`mesh::ops::logging`).
 //! - `GET /healthz/ready`: what the readiness port answers.
@@ -54,20 +55,21 @@ pub struct AdminState {
     pub telemetry: Option<Arc<crate::telemetry::Telemetry>>,
 }
 
-/// What port 15020 (`/stats/prometheus`, `/metrics`) serves: the one place to switch its source.
-///
-/// Today: the proxy health counters of [`prometheus`]. Once `crate::telemetry::Telemetry` exists, render it
-/// here first (`telemetry.render(out)`) and keep the health counters after it.
+/// What port 15020 (`/stats/prometheus`, `/metrics`) serves; the admin port's `/stats` serves the same.
 pub fn metrics(state: Arc<AdminState>) -> ops::Render {
-    Arc::new(move |out: &mut String| {
-        if let Some(t) = &state.telemetry {
-            t.render_except_health(out);
-        }
-        out.push_str(&prometheus(&state));
-        if let Some(a) = &state.authz {
-            a.render(out);
-        }
-    })
+    Arc::new(move |out: &mut String| render_metrics(&state, out))
+}
+
+/// Every metric in the Prometheus text format: the Istio metrics ([`crate::telemetry`]), the proxy's health
+/// ([`prometheus`]) and the authorization decisions.
+pub fn render_metrics(state: &AdminState, out: &mut String) {
+    if let Some(t) = &state.telemetry {
+        t.render(out);
+    }
+    out.push_str(&prometheus(state));
+    if let Some(a) = &state.authz {
+        a.render(out);
+    }
 }
 
 fn route_statuses(state: &AdminState) -> String {
@@ -83,13 +85,7 @@ fn answer(state: &AdminState, req: &OpsRequest) -> Response<Full<Bytes>> {
         "/healthz/ready" => state.readiness.answer(),
         "/stats" | "/stats/prometheus" => {
             let mut out = String::new();
-            if let Some(t) = &state.telemetry {
-                t.render_except_health(&mut out);
-            }
-            out.push_str(&prometheus(state));
-            if let Some(a) = &state.authz {
-                a.render(&mut out);
-            }
+            render_metrics(state, &mut out);
             ops::respond(StatusCode::OK, ops::PROMETHEUS_TEXT, out)
         }
         "/logging" => match &state.log {

@@ -86,7 +86,8 @@ pub struct RequestCtx {
     /// Set when a response status asked for a retry (read by `error_while_proxy`).
     retry_status: Option<u16>,
     mirrors: Option<PendingMirrors>,
-    /// The first error of this request, with its precise cause (preferred over Pingora's classification).
+    /// The error of this request, with its precise cause (preferred over Pingora's classification); once
+    /// answered, the error the client got (counted when the request ends).
     error: Option<ProxyError>,
     /// The response flags of a locally answered failure (`NR`, `UF,URX`, ...), for the log line.
     flags: Option<String>,
@@ -103,6 +104,8 @@ pub struct RequestCtx {
     last_use_of_connection: bool,
     /// The current try's endpoint and its health (for outlier detection and to avoid it on a retry).
     current: Option<(std::net::SocketAddr, Arc<EndpointHealth>)>,
+    /// Endpoints this request's tries ejected (outlier detection), counted when the request ends.
+    ejections: u32,
     /// Counts the current try for LEAST_REQUEST.
     in_flight: Option<InFlight>,
     /// A consistent-hash cookie to set on the response.
@@ -221,6 +224,7 @@ impl ProxyHttp for WaypointProxy {
             link: None,
             last_use_of_connection: false,
             current: None,
+            ejections: 0,
             in_flight: None,
             set_cookie: None,
             last_failure: None,
@@ -415,9 +419,8 @@ impl ProxyHttp for WaypointProxy {
     /// `waypoint::access`, a diagnostic line per request with the tries and flags (off by default: it would
     /// format and write a second line per request).
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        if let Some(flags) = &ctx.flags {
-            self.stats.count_flags(flags);
-        }
+        self.stats
+            .count_end(ctx.flags.as_deref(), ctx.error.as_ref(), ctx.ejections);
         if let Some(o) = &self.observer {
             observe::record(&o.telemetry, &o.unknown, session, ctx);
         }
@@ -466,6 +469,7 @@ impl ProxyHttp for WaypointProxy {
         self.stats.local_reply();
         let code = respond_error_flagged(session, &err, &flags).await;
         ctx.flags = Some(flags);
+        ctx.error = Some(err);
         FailToProxy {
             error_code: code,
             can_reuse_downstream: false,

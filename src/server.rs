@@ -106,6 +106,8 @@ pub struct Waypoint {
     relay: Relay,
     direct: crate::upstream::direct::Upstreams,
     source: SourceGuard,
+    /// What the admin and stats ports read.
+    metrics: Arc<AdminState>,
 }
 
 impl Waypoint {
@@ -273,6 +275,7 @@ impl Waypoint {
             relay,
             direct,
             source: guard,
+            metrics: state,
         })
     }
 
@@ -296,6 +299,12 @@ impl Waypoint {
     }
     pub fn stats(&self) -> &Arc<Stats> {
         &self.stats
+    }
+    /// Every metric in the Prometheus text format, as the stats port serves it ([`crate::admin::render_metrics`]).
+    pub fn metrics_text(&self) -> String {
+        let mut out = String::new();
+        crate::admin::render_metrics(&self.metrics, &mut out);
+        out
     }
     /// Mirror counters (copies sent, dropped, failed).
     pub fn mirror_stats(&self) -> &Arc<crate::mirror::MirrorStats> {

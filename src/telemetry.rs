@@ -15,7 +15,8 @@
 //!   `istio_response_bytes`, `istio_tcp_*`, `reporter="waypoint"`, Istio's label set, Envoy's buckets. At most
 //!   [`TelemetryConfig::max_series`] series per metric, least recently used evicted
 //!   (`waypoint_telemetry_series_evicted_total`).
-//! - [`health`]: `waypoint_*` gauges and counters the proxy feeds (pools, retries, breakers, ejections, config).
+//! - The proxy's own health (`waypoint_*`: retries, breakers, ejections, pools, config) is not here but in
+//!   `crate::admin::health_stats`, read from the proxy's counters when scraped.
 //! - [`access_log`] / [`log_writer`]: one line per request, formatted on the request thread, written by a
 //!   writer thread behind a bounded channel (`waypoint_access_log_dropped_total` when it falls behind).
 //! - [`trace`] / [`propagation`]: W3C and B3 in, W3C (and B3 when used) out, SERVER span per request.
@@ -24,7 +25,6 @@
 //! shards, then atomics); the access log reuses pooled line buffers.
 
 pub mod access_log;
-pub mod health;
 pub mod labels;
 pub mod log_writer;
 pub mod metrics;
@@ -36,7 +36,6 @@ pub mod trace;
 use std::fmt::Write as _;
 
 pub use access_log::LogFormat;
-pub use health::{BreakerLimit, Health, Pool, RetryCause};
 pub use labels::{Destination, PeerInfo, ServiceInfo, Source};
 pub use log_writer::AccessLog;
 pub use propagation::HeaderSink;
@@ -66,11 +65,10 @@ impl Default for TelemetryConfig {
     }
 }
 
-/// Metrics, proxy health and the access log of one waypoint.
+/// Metrics and the access log of one waypoint.
 pub struct Telemetry {
     interner: labels::Interner,
     metrics: IstioMetrics,
-    health: Health,
     access_log: Option<AccessLog>,
 }
 
@@ -99,7 +97,6 @@ impl Telemetry {
         Telemetry {
             interner: labels::Interner::default(),
             metrics: IstioMetrics::new(cfg.max_series),
-            health: Health::default(),
             access_log,
         }
     }
@@ -176,11 +173,6 @@ impl Telemetry {
         );
     }
 
-    /// Proxy health metrics, fed by the proxy.
-    pub fn health(&self) -> &Health {
-        &self.health
-    }
-
     /// The access log, when configured.
     pub fn access_log(&self) -> Option<&AccessLog> {
         self.access_log.as_ref()
@@ -193,13 +185,6 @@ impl Telemetry {
 
     /// Appends the Prometheus text exposition (format 0.0.4) of every metric to `out`.
     pub fn render(&self, out: &mut String) {
-        self.render_except_health(out);
-        self.health.render(out);
-    }
-
-    /// [`Telemetry::render`] without the [`Health`] families, for a caller that exports its own proxy health
-    /// counters under those names (the waypoint's admin `health_stats`).
-    pub fn render_except_health(&self, out: &mut String) {
         self.metrics.render(out);
         let families = [
             ("requests", &self.metrics.requests.stats()),
@@ -227,20 +212,20 @@ impl Telemetry {
             ),
         ];
         for (name, kind, help, pick) in rows {
-            health::head(out, name, kind, help);
+            metrics::family(out, name, kind, help);
             for (family, stats) in &families {
                 let _ = writeln!(out, "{name}{{family=\"{family}\"}} {}", pick(stats));
             }
         }
         if let Some(log) = &self.access_log {
-            health::head(
+            metrics::family(
                 out,
                 "waypoint_access_log_lines_total",
                 "counter",
                 "Access log lines written.",
             );
             let _ = writeln!(out, "waypoint_access_log_lines_total {}", log.written());
-            health::head(
+            metrics::family(
                 out,
                 "waypoint_access_log_dropped_total",
                 "counter",

@@ -382,6 +382,14 @@ fn is_addr_in_use(e: &anyhow::Error) -> bool {
     })
 }
 
+/// The value of one sample in a Prometheus text exposition: `series` is the name with its labels as written
+/// (`waypoint_outlier_ejections_total`, `waypoint_response_flags_total{response_flags="UO"}`).
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .find_map(|v| v.trim().parse().ok())
+}
+
 /// Polls `f` until it is true or `patience` runs out; returns the last verdict.
 pub async fn eventually(patience: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + patience;

@@ -86,6 +86,15 @@ async fn readiness_metrics_and_logging_of_the_waypoint() {
             body.contains("\nwaypoint_config_generation 1\n"),
             "{path}: {body}"
         );
+        // One exposition: each family declared once, and the whole text parses.
+        let mut types: Vec<&str> = body.lines().filter(|l| l.starts_with("# TYPE ")).collect();
+        let declared = types.len();
+        types.sort_unstable();
+        types.dedup();
+        assert_eq!(types.len(), declared, "a family declared twice: {body}");
+        let lines = body.lines().map(|l| Ok(l.to_string()));
+        let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text");
+        assert!(scrape.samples.len() > 40, "{body}");
     }
 
     // The log filter: read, merge a target directive, refuse nonsense.
@@ -150,6 +159,16 @@ async fn config_dump_names_the_rejected_change_and_the_generation_kept() {
     assert!(at >= before - Duration::from_secs(1), "{err}");
     // The last good config still serves.
     assert_eq!(dump["services"][0]["rules"][0]["backends"][1]["weight"], 10);
+    // The metrics say so too: one rejection, in force, and when.
+    let stats = call(admin, "GET", "/stats").await.1;
+    let metric = |series: &str| {
+        waypoint::testbed::sample(&stats, series).unwrap_or_else(|| panic!("{series} in {stats}"))
+    };
+    assert_eq!(metric("waypoint_config_rejected_total"), 1.0);
+    assert_eq!(metric("waypoint_config_last_change_rejected"), 1.0);
+    let at_s = metric("waypoint_config_last_error_timestamp_seconds");
+    let at = std::time::UNIX_EPOCH + Duration::from_secs_f64(at_s);
+    assert!(at >= before - Duration::from_secs(1), "{at_s}");
 
     // A good change clears it and moves the generation.
     mesh.write_manifests(DEMO_MANIFESTS).unwrap();
@@ -158,6 +177,19 @@ async fn config_dump_names_the_rejected_change_and_the_generation_kept() {
         serde_json::from_str(&call(admin, "GET", "/config_dump").await.1).unwrap();
     assert_eq!(dump["generation"], 2);
     assert!(dump["last_error"].is_null(), "{dump}");
+    let stats = call(admin, "GET", "/stats").await.1;
+    for (series, want) in [
+        ("waypoint_config_generation", 2.0),
+        ("waypoint_config_rejected_total", 1.0),
+        ("waypoint_config_last_change_rejected", 0.0),
+        ("waypoint_config_last_error_timestamp_seconds", 0.0),
+    ] {
+        assert_eq!(
+            waypoint::testbed::sample(&stats, series),
+            Some(want),
+            "{series}: {stats}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,8 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus_parse::{Scrape, Value};
 use waypoint::telemetry::{
-    AccessLog, BreakerLimit, LogFormat, PeerInfo, Pool, RequestProtocol, RequestRecord,
-    ResponseFlags, RetryCause, SecurityPolicy, ServiceInfo, Telemetry, TelemetryConfig,
+    AccessLog, LogFormat, PeerInfo, RequestProtocol, RequestRecord, ResponseFlags, SecurityPolicy,
+    ServiceInfo, Telemetry, TelemetryConfig,
 };
 
 fn productpage() -> PeerInfo<'static> {
@@ -244,7 +244,7 @@ fn requests_become_istio_metrics_with_istio_labels() {
 }
 
 #[test]
-fn unknown_peers_and_tcp_and_health_metrics() {
+fn unknown_peers_and_tcp_and_series_metrics() {
     let t = Telemetry::with_access_log(&no_log(), None);
     let src = t.source(&PeerInfo::default());
     let dst = t.destination(&PeerInfo::default(), &ServiceInfo::default());
@@ -258,14 +258,6 @@ fn unknown_peers_and_tcp_and_health_metrics() {
         5,
         2,
     );
-    let h = t.health();
-    h.set_pool_size(Pool::HboneConnections, 3);
-    h.retry(RetryCause::ConnectFailure);
-    h.retry(RetryCause::ConnectFailure);
-    h.breaker_trip(BreakerLimit::PendingRequests);
-    h.ejection();
-    h.config_loaded(7);
-    h.config_error(UNIX_EPOCH + Duration::from_millis(1_700_000_000_500));
     let (text, s) = scrape(&t);
     let unknown = [
         ("source_workload", "unknown"),
@@ -281,35 +273,7 @@ fn unknown_peers_and_tcp_and_health_metrics() {
     for (name, want) in cases {
         assert_eq!(counter(&s, name, &unknown), Some(want), "{name}\n{text}");
     }
-    let health = [
-        (
-            "waypoint_pool_size",
-            vec![("pool", "hbone_connections")],
-            3.0,
-        ),
-        (
-            "waypoint_retries_total",
-            vec![("cause", "connect_failure")],
-            2.0,
-        ),
-        ("waypoint_retries_total", vec![("cause", "timeout")], 0.0),
-        (
-            "waypoint_circuit_breaker_trips_total",
-            vec![("limit", "pending_requests")],
-            1.0,
-        ),
-        ("waypoint_outlier_ejections_total", vec![], 1.0),
-        ("waypoint_config_generation", vec![], 7.0),
-        (
-            "waypoint_config_loads_total",
-            vec![("result", "error")],
-            1.0,
-        ),
-        (
-            "waypoint_config_last_error_timestamp_seconds",
-            vec![],
-            1_700_000_000.5,
-        ),
+    let series = [
         ("waypoint_telemetry_series", vec![("family", "tcp")], 1.0),
         (
             "waypoint_telemetry_series_limit",
@@ -317,7 +281,7 @@ fn unknown_peers_and_tcp_and_health_metrics() {
             10_000.0,
         ),
     ];
-    for (name, labels, want) in health {
+    for (name, labels, want) in series {
         assert_eq!(counter(&s, name, &labels), Some(want), "{name} {labels:?}");
     }
 }

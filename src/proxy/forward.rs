@@ -247,10 +247,10 @@ pub(crate) fn on_status(
     status: u16,
     ctx: &mut RequestCtx,
 ) -> Result<()> {
+    record_outcome(ctx, Outcome::from_status(status));
     let Some(chosen) = &ctx.chosen else {
         return Ok(());
     };
-    record_outcome(ctx, Outcome::from_status(status));
     let replayable = !session.as_ref().retry_buffer_truncated();
     let idempotent = session.req_header().method.is_idempotent();
     let failure = Failure::Status(status);

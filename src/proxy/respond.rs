@@ -84,6 +84,7 @@ pub(crate) async fn respond_custom(
 /// Answers `err` before any upstream was tried (route, admission): records its flag for the log line.
 pub(crate) async fn reject(session: &mut Session, ctx: &mut RequestCtx, err: &ProxyError) {
     ctx.flags = Some(err.flag().to_string());
+    ctx.error = Some(err.clone());
     respond_error(session, err).await;
 }
 

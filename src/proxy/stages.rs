@@ -83,20 +83,23 @@ pub(crate) fn admit(chosen: &Chosen) -> Result<Permit, ProxyError> {
 }
 
 /// Stage "observe" for outlier detection: the current try's outcome, on its endpoint.
-pub(crate) fn record_outcome(ctx: &RequestCtx, outcome: Outcome) {
+/// An ejection it causes is counted on the request (and in the proxy's stats when the request ends).
+pub(crate) fn record_outcome(ctx: &mut RequestCtx, outcome: Outcome) {
     let (Some(chosen), Some((_, health))) = (&ctx.chosen, &ctx.current) else {
         return;
     };
     let backend = chosen.backend();
-    if let Some(policy) = &backend.policy.outlier {
-        backend.health.record(
-            health,
-            outcome,
-            policy,
-            backend.endpoints.len(),
-            Instant::now(),
-        );
-    }
+    let Some(policy) = &backend.policy.outlier else {
+        return;
+    };
+    let ejected = backend.health.record(
+        health,
+        outcome,
+        policy,
+        backend.endpoints.len(),
+        Instant::now(),
+    );
+    ctx.ejections += u32::from(ejected);
 }
 
 /// Mirror copies waiting for the request body.

@@ -1,8 +1,11 @@
-//! The proxy's counters (a first slice of the telemetry): requests, local replies, retries by cause, and
-//! requests by response flag. Atomics only; read by the admin page and the tests.
+//! The proxy's counters: requests, local replies, retries by cause, requests by response flag, requests refused
+//! by each circuit-breaker limit, and outlier ejections. Atomics only; read by the admin page
+//! (`crate::admin::health_stats`) and the tests.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::error::ProxyError;
+use crate::resilience::breaker::Overflow;
 use crate::retry::Failure;
 
 /// Counters of the proxy.
@@ -16,6 +19,10 @@ pub struct Stats {
     pub retry_causes: [AtomicU64; 4],
     /// Requests answered with each response flag ([`FLAGS`] order).
     pub flags: [AtomicU64; FLAGS.len()],
+    /// Requests refused by a circuit-breaker limit, by [`Overflow::ALL`] order.
+    pub breaker_trips: [AtomicU64; 4],
+    /// Endpoints ejected by outlier detection.
+    pub ejections: AtomicU64,
 }
 
 /// The response flags counted in [`Stats::flags`].
@@ -29,6 +36,28 @@ pub const RETRY_CAUSES: [&str; 4] = [
 ];
 
 impl Stats {
+    /// Counts what a request that ended showed: its response flags (a locally answered failure), the breaker
+    /// limit that refused it, the endpoints its tries ejected.
+    pub(crate) fn count_end(
+        &self,
+        flags: Option<&str>,
+        error: Option<&ProxyError>,
+        ejections: u32,
+    ) {
+        if let Some(flags) = flags {
+            self.count_flags(flags);
+        }
+        if let Some(ProxyError::Overflow(field)) = error {
+            if let Some(i) = Overflow::ALL.iter().position(|o| o.field() == *field) {
+                self.breaker_trips[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if ejections > 0 {
+            self.ejections
+                .fetch_add(u64::from(ejections), Ordering::Relaxed);
+        }
+    }
+
     /// Counts each flag of a `UF,URX`-style list.
     pub(crate) fn count_flags(&self, flags: &str) {
         for f in flags.split(',') {

@@ -9,7 +9,6 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::health::head as family;
 use super::labels::{Destination, Source};
 use super::record::{RequestProtocol, RequestRecord, ResponseFlags, SecurityPolicy};
 use super::series::SeriesMap;
@@ -309,6 +308,12 @@ fn request_labels(out: &mut String, s: &RequestSeries, k: &RequestKey) {
         s.flags,
         k.policy.as_str()
     );
+}
+
+/// The `# HELP` and `# TYPE` lines of a metric family.
+pub(crate) fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
 #[cfg(test)]

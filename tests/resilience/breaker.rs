@@ -107,6 +107,21 @@ async fn over_http2_max_requests_fails_fast_with_uo_then_recovers() {
         tripped.len() as u64,
         "UO counted per tripped request"
     );
+    // ... and by the limit that tripped, in the waypoint's metrics.
+    let trips = || {
+        tb.waypoints()
+            .filter_map(|(_, w)| {
+                let series = "waypoint_circuit_breaker_trips_total{limit=\"http2MaxRequests\"}";
+                waypoint::testbed::sample(&w.metrics_text(), series)
+            })
+            .sum::<f64>()
+    };
+    assert!(
+        waypoint::testbed::eventually(MS(2000), || trips() == tripped.len() as f64).await,
+        "{} trips counted, {} tripped",
+        trips(),
+        tripped.len()
+    );
     let most = tb.echo("pair-0").max_in_flight() + tb.echo("pair-1").max_in_flight();
     assert!(
         most <= 1,

@@ -37,6 +37,8 @@ pub struct Live<T> {
     generation: AtomicU64,
     /// Off the request path: only the watcher and admin pages touch it.
     last_error: Mutex<Option<(ConfigError, SystemTime)>>,
+    /// Changes rejected so far.
+    rejected: AtomicU64,
     /// Replaced snapshots, freed here once no reader holds them. Only `store` and `reap` touch it.
     graveyard: Mutex<Vec<Arc<T>>>,
 }
@@ -47,6 +49,7 @@ impl<T> Live<T> {
             current: ArcSwap::from_pointee(initial),
             generation: AtomicU64::new(1),
             last_error: Mutex::new(None),
+            rejected: AtomicU64::new(0),
             graveyard: Mutex::new(Vec::new()),
         }
     }
@@ -70,8 +73,14 @@ impl<T> Live<T> {
     pub fn last_error_at(&self) -> Option<SystemTime> {
         self.error_slot().as_ref().map(|(_, at)| *at)
     }
+    /// Records a rejected change (the current snapshot keeps serving).
     pub fn set_error(&self, err: ConfigError) {
         *self.error_slot() = Some((err, SystemTime::now()));
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+    /// How many changes were rejected so far (never reset).
+    pub fn rejected(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
     }
     fn error_slot(&self) -> MutexGuard<'_, Option<(ConfigError, SystemTime)>> {
         // A panic while holding the lock cannot leave an Option half-written.
