@@ -1,6 +1,7 @@
 //! The subscriber side: [`subscribe`] opens a `Push/Stream` and yields each update applied to the documents
 //! held so far; [`watch_push`] runs that as a config source for a proxy — the same contract as
-//! [`mesh::config::watch_dir`]: every update is parsed by [`Mesh::from_documents`] and compiled (at idle
+//! [`mesh::config::watch_dir`]: every update is parsed (re-reading only the objects that changed since the last
+//! parse: a [`ParseCache`] kept for the source's life) and compiled (at idle
 //! priority first: [`mesh::config::background::run`]), success is
 //! stored in the [`Live`], failure is NACKed and recorded with [`Live::set_error`] while the last good snapshot
 //! keeps serving. When the stream breaks it reconnects with jittered exponential backoff, reporting the versions
@@ -11,11 +12,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use mesh::config::{ConfigError, Live, Mesh};
+use mesh::config::{ConfigError, Live, Mesh, ParseCache};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
@@ -185,6 +186,9 @@ pub struct PushStatus {
     /// The system version last applied.
     pub system_version: String,
     pub last_error: Option<String>,
+    /// Objects read with YAML/JSON so far, and objects whose earlier reading was reused (unchanged since).
+    pub objects_parsed: u64,
+    pub objects_reused: u64,
 }
 
 /// Stops a [`watch_push`] source when dropped.
@@ -270,6 +274,9 @@ async fn run<T, F>(
 {
     let mut held = DocumentSet::default();
     let mut applied_once = false;
+    // Updates are parsed one at a time; a lane's copy that finds it taken (by the copy it overtook) parses
+    // without it.
+    let cache = Arc::new(Mutex::new(ParseCache::new()));
     let mut backoff = Duration::from_millis(100);
     loop {
         let session = async {
@@ -294,10 +301,21 @@ async fn run<T, F>(
                     continue;
                 }
                 let docs = r.documents.documents();
-                let (td, compile, live2) = (trust_domain.clone(), compile.clone(), live.clone());
+                let (td, compile, live2, c) = (
+                    trust_domain.clone(),
+                    compile.clone(),
+                    live.clone(),
+                    cache.clone(),
+                );
                 let compiled = tokio::task::spawn_blocking(move || {
                     // on an idle-priority thread: a compile does not take a core from in-flight requests
-                    let job = move || Mesh::from_documents(&docs, &td).and_then(|m| compile(&m));
+                    let job = move || {
+                        let mesh = match c.try_lock() {
+                            Ok(mut cache) => Mesh::from_documents_cached(&docs, &td, &mut cache),
+                            Err(_) => Mesh::from_documents(&docs, &td),
+                        };
+                        mesh.and_then(|m| compile(&m))
+                    };
                     match mesh::config::background::run(job) {
                         Ok(next) => {
                             live2.store(next);
@@ -311,6 +329,13 @@ async fn run<T, F>(
                 })
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?;
+                if let Ok(c) = cache.try_lock() {
+                    let stats = c.stats();
+                    status.send_modify(|st| {
+                        st.objects_parsed = stats.parsed;
+                        st.objects_reused = stats.reused;
+                    });
+                }
                 match compiled {
                     Ok(()) => {
                         applied_once = true;

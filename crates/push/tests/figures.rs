@@ -141,3 +141,54 @@ async fn fan_out_figures() {
         }
     }
 }
+
+/// What a subscriber spends applying an update (parse + a trivial compile, the lanes included), for a ztunnel
+/// holding the whole mesh: the first update (every object read) against a one-Service change (only that one
+/// read again: the source's parse cache). Printed per mesh size, 5 changes each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "figures: run with --release -- --ignored --nocapture"]
+async fn apply_figures() {
+    use std::sync::Arc;
+
+    use mesh::config::{Live, Mesh};
+    for services in [1_000, 10_000] {
+        let mut gen = GenMesh::new(services / 10, 10, 2);
+        let cp = ControlPlane::new();
+        cp.publish(&gen.documents()).unwrap();
+        let endpoint = serve(&cp).await;
+        let live = Arc::new(Live::new(0usize));
+        let t = Instant::now();
+        let guard = push::watch_push(
+            endpoint.as_str(),
+            ztunnel_sub("zt-0"),
+            "cluster.local".into(),
+            live.clone(),
+            |m: &Mesh| Ok(m.services.len()),
+        );
+        let mut status = guard.status();
+        common::until(&mut status, "the first update", |s| s.applied == 1).await;
+        let first = t.elapsed();
+        let objects = status.borrow().resources;
+        let (mut changes, mut publishes) = (Vec::new(), Vec::new());
+        for i in 1..=5 {
+            gen.touched = vec![(i % gen.namespaces, format!("x{i}"))];
+            let docs = gen.documents();
+            let t = Instant::now();
+            cp.publish(&docs).unwrap();
+            let published = t.elapsed();
+            common::until(&mut status, "the change", |s| s.applied == 1 + i as u64).await;
+            changes.push(t.elapsed() - published);
+            publishes.push(published);
+        }
+        changes.sort();
+        publishes.sort();
+        let s = status.borrow().clone();
+        println!(
+            "== {services} services, {objects} objects at the ztunnel: first update applied in {first:?}; \
+             one-Service change, 5 runs: publish (median) {:?}, then applied in min {:?} median {:?} max {:?}; \
+             objects parsed {} reused {}",
+            publishes[2], changes[0], changes[2], changes[4], s.objects_parsed, s.objects_reused
+        );
+        assert_eq!(*live.load(), services);
+    }
+}

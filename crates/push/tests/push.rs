@@ -170,6 +170,37 @@ async fn three_hundred_subscribers_get_only_what_concerns_them() {
     assert_eq!(after.nacks, 0);
 }
 
+/// An update is parsed incrementally: the objects it did not change are not read again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_rereads_only_the_objects_it_changed() {
+    let mut gen = GenMesh::new(3, 4, 2);
+    let cp = ControlPlane::new();
+    cp.publish(&gen.documents()).unwrap();
+    let endpoint = serve(&cp).await;
+    let wp = start_waypoint(&endpoint, "wp-1".into(), 1);
+    let mut status = wp.guard.status();
+    until(&mut status, "the first config", |s| s.applied == 1).await;
+    let first = status.borrow().clone();
+    assert!(first.resources > 4, "{first:?}");
+    assert_eq!(
+        (first.objects_parsed, first.objects_reused),
+        (first.resources as u64, 0),
+        "the first update reads every object once"
+    );
+
+    gen.touched = vec![(1, "changed".into())];
+    cp.publish(&gen.documents()).unwrap();
+    until(&mut status, "the change", |s| s.applied == 2).await;
+    let second = status.borrow().clone();
+    assert_eq!(second.resources, first.resources);
+    assert_eq!(
+        (second.objects_parsed, second.objects_reused),
+        (first.objects_parsed + 1, first.resources as u64 - 1),
+        "only the changed Service is read again"
+    );
+    assert_eq!(*wp.live.load(), ["svc-0", "svc-1", "svc-2", "svc-3"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nacked_update_keeps_the_last_good_config_and_is_not_resent() {
     let mut gen = GenMesh::new(3, 2, 1);
