@@ -102,14 +102,7 @@ fn bench(c: &mut Criterion) {
 
 /// The ways out of a waypoint (nothing is dialled: the benches only build peers).
 fn ways() -> waypoint::upstream::Ways {
-    let ca = mesh::devca::DevCa::generate("cluster.local").unwrap();
-    let id = Identity::new("cluster.local", "default", "waypoint");
-    let certs = mesh::identity::CertStore::new(ca.certs_for(&id).unwrap());
-    let pool = mesh::hbone::Pool::new(Default::default());
-    waypoint::upstream::Ways {
-        relay: "/run/waypoint/relay.sock".into(),
-        direct: waypoint::upstream::direct::Upstreams::new(pool, certs),
-    }
+    waypoint::testbed::dev_ways()
 }
 
 /// The connection info of a stream from `caller` (what `downstream::Inbound` builds per HBONE stream).

@@ -382,6 +382,21 @@ fn is_addr_in_use(e: &anyhow::Error) -> bool {
     })
 }
 
+/// The ways out of a waypoint `default/waypoint` with a fresh dev CA's certificate (nothing is dialled until a
+/// try connects): for unit tests and benches that build peers or open direct-path connections.
+pub fn dev_ways() -> crate::upstream::Ways {
+    let ca = mesh::devca::DevCa::generate("cluster.local").expect("a dev CA");
+    let id = mesh::identity::Identity::new("cluster.local", "default", "waypoint");
+    let certs = mesh::identity::CertStore::new(ca.certs_for(&id).expect("a dev certificate"));
+    crate::upstream::Ways {
+        relay: "/run/waypoint/relay.sock".into(),
+        direct: crate::upstream::direct::Upstreams::new(
+            mesh::hbone::Pool::new(Default::default()),
+            certs,
+        ),
+    }
+}
+
 /// The value of one sample in a Prometheus text exposition: `series` is the name with its labels as written
 /// (`waypoint_outlier_ejections_total`, `waypoint_response_flags_total{response_flags="UO"}`).
 pub fn sample(text: &str, series: &str) -> Option<f64> {

@@ -13,13 +13,7 @@ fn hbone_endpoint() -> Upstream {
 }
 
 fn ways() -> Ways {
-    let ca = mesh::devca::DevCa::generate("cluster.local").unwrap();
-    let id = Identity::new("cluster.local", "default", "waypoint");
-    let certs = CertStore::new(ca.certs_for(&id).unwrap());
-    Ways {
-        relay: "/run/relay.sock".into(),
-        direct: Upstreams::new(Pool::new(Default::default()), certs),
-    }
+    crate::testbed::dev_ways()
 }
 
 #[test]
@@ -73,7 +67,11 @@ fn each_kind_of_destination_gets_its_way() {
         );
         if relayed {
             let proxy = peer.proxy.as_ref().unwrap();
-            assert_eq!(&*proxy.next_hop, Path::new("/run/relay.sock"), "row {i}");
+            assert_eq!(
+                &*proxy.next_hop,
+                Path::new("/run/waypoint/relay.sock"),
+                "row {i}"
+            );
             let value = std::str::from_utf8(&proxy.headers[HDR_HBONE]).unwrap();
             assert_eq!(
                 value,

@@ -186,7 +186,9 @@ pub struct PushStatus {
     /// The system version last applied.
     pub system_version: String,
     pub last_error: Option<String>,
-    /// Objects read with YAML/JSON so far, and objects whose earlier reading was reused (unchanged since).
+    /// Objects read with YAML/JSON so far, and objects whose earlier reading was reused (unchanged since), by
+    /// the parses that had the cache (a compile lane's copy that found it taken parses without it; an overtaken
+    /// copy still reports when it finishes).
     pub objects_parsed: u64,
     pub objects_reused: u64,
 }
@@ -234,7 +236,7 @@ where
         live,
         Arc::new(compile),
         stop_rx,
-        status_tx,
+        Arc::new(status_tx),
     );
     match tokio::runtime::Handle::try_current() {
         Ok(rt) => {
@@ -267,7 +269,7 @@ async fn run<T, F>(
     live: Arc<Live<T>>,
     compile: Arc<F>,
     mut stop: watch::Receiver<bool>,
-    status: watch::Sender<PushStatus>,
+    status: Arc<watch::Sender<PushStatus>>,
 ) where
     T: Send + Sync + 'static,
     F: Fn(&Mesh) -> Result<T, ConfigError> + Send + Sync + 'static,
@@ -301,17 +303,23 @@ async fn run<T, F>(
                     continue;
                 }
                 let docs = r.documents.documents();
-                let (td, compile, live2, c) = (
-                    trust_domain.clone(),
-                    compile.clone(),
-                    live.clone(),
-                    cache.clone(),
-                );
+                let (td, compile, live2) = (trust_domain.clone(), compile.clone(), live.clone());
+                let (c, st) = (cache.clone(), status.clone());
                 let compiled = tokio::task::spawn_blocking(move || {
                     // on an idle-priority thread: a compile does not take a core from in-flight requests
                     let job = move || {
                         let mesh = match c.try_lock() {
-                            Ok(mut cache) => Mesh::from_documents_cached(&docs, &td, &mut cache),
+                            Ok(mut cache) => {
+                                let mesh = Mesh::from_documents_cached(&docs, &td, &mut cache);
+                                let stats = cache.stats();
+                                drop(cache);
+                                // Sent by whichever copy parsed with the cache, even one overtaken.
+                                st.send_modify(|st| {
+                                    st.objects_parsed = stats.parsed;
+                                    st.objects_reused = stats.reused;
+                                });
+                                mesh
+                            }
                             Err(_) => Mesh::from_documents(&docs, &td),
                         };
                         mesh.and_then(|m| compile(&m))
@@ -329,13 +337,6 @@ async fn run<T, F>(
                 })
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?;
-                if let Ok(c) = cache.try_lock() {
-                    let stats = c.stats();
-                    status.send_modify(|st| {
-                        st.objects_parsed = stats.parsed;
-                        st.objects_reused = stats.reused;
-                    });
-                }
                 match compiled {
                     Ok(()) => {
                         applied_once = true;

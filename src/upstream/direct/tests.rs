@@ -50,10 +50,7 @@ async fn echo() -> Echo {
 }
 
 fn upstreams() -> Upstreams {
-    let ca = mesh::devca::DevCa::generate("cluster.local").unwrap();
-    let id = Identity::new("cluster.local", "default", "waypoint");
-    let certs = CertStore::new(ca.certs_for(&id).unwrap());
-    Upstreams::new(Pool::new(Default::default()), certs)
+    crate::testbed::dev_ways().direct
 }
 
 struct Try {
