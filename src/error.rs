@@ -31,8 +31,8 @@ pub enum ProxyError {
     #[error("upstream connection termination")]
     ConnectionTermination,
     /// A circuit-breaker limit of the destination (`DestinationRule.trafficPolicy.connectionPool`) is full.
-    #[error("upstream overflow: {0} reached")]
-    Overflow(&'static str),
+    #[error("upstream overflow: {} reached", .0.field())]
+    Overflow(crate::resilience::breaker::Overflow),
     /// The upstream did not answer in time.
     #[error("upstream request timeout")]
     Timeout,

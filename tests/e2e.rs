@@ -245,11 +245,8 @@ async fn admin_endpoint_dumps_the_active_config_and_route_status() {
     assert_eq!(out.ok, 20);
     let stats = get("/stats").await;
     let metric = |name: &str| -> u64 {
-        let line = stats
-            .lines()
-            .find(|l| l.starts_with(name))
-            .unwrap_or_else(|| panic!("{name} in {stats}"));
-        line.rsplit(' ').next().unwrap().parse().unwrap()
+        let value = waypoint::testbed::sample(&stats, name);
+        value.unwrap_or_else(|| panic!("{name} in {stats}")) as u64
     };
     assert_eq!(metric("waypoint_requests_total"), 20, "{stats}");
     assert!(

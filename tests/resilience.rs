@@ -268,6 +268,26 @@ pub async fn tally_sequential(tb: &Testbed, req: &Req, n: usize) -> BTreeMap<Str
     counts
 }
 
+/// A sample of the waypoints' metrics (`series` as written: name and labels), summed over the testbed's
+/// waypoints; panics when none has it.
+pub fn metric(tb: &Testbed, series: &str) -> f64 {
+    let texts: Vec<String> = tb.waypoints().map(|(_, w)| w.metrics_text()).collect();
+    let found: Vec<f64> = texts
+        .iter()
+        .filter_map(|t| waypoint::testbed::sample(t, series))
+        .collect();
+    assert!(!found.is_empty(), "{series} in\n{}", texts.join("\n"));
+    found.iter().sum()
+}
+
+/// Requests refused by the `connectionPool` field `limit`, as the metrics count them.
+pub fn breaker_trips(tb: &Testbed, limit: &str) -> f64 {
+    metric(
+        tb,
+        &format!("waypoint_circuit_breaker_trips_total{{limit=\"{limit}\"}}"),
+    )
+}
+
 /// The waypoint's retry counter.
 pub fn retries(tb: &Testbed) -> u64 {
     tb.waypoint(WAYPOINT)

@@ -55,8 +55,8 @@ impl<'a> Family<'a> {
     }
 
     fn write(&self, out: &mut String) {
-        let Family { name, kind, .. } = self;
-        let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} {kind}", self.help);
+        let name = self.name;
+        crate::telemetry::metrics::family(out, name, self.kind, self.help);
         for (value, n) in &self.samples {
             match self.label {
                 Some(label) => writeln!(out, "{name}{{{label}=\"{value}\"}} {n}"),
@@ -91,8 +91,8 @@ pub fn prometheus(state: &AdminState) -> String {
     let d = state.direct.stats();
     let live = &state.live;
     let snapshot = live.load();
-    let last_error = live
-        .last_error_at()
+    let rejected_at = live.last_error_at();
+    let last_error = rejected_at
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or(0.0, |d| d.as_secs_f64());
     let limits: Vec<&'static str> = Overflow::ALL.iter().map(|o| o.field()).collect();
@@ -216,7 +216,7 @@ pub fn prometheus(state: &AdminState) -> String {
             "waypoint_config_last_change_rejected",
             "gauge",
             "1 while the last config change was rejected, 0 once a good one is live.",
-            f64::from(u8::from(live.last_error().is_some())),
+            f64::from(u8::from(rejected_at.is_some())),
         ),
         Family::one(
             "waypoint_config_last_error_timestamp_seconds",

@@ -82,7 +82,7 @@ pub(crate) async fn plan_try(
         };
         match backend.breaker.try_retry(&limits) {
             Ok(permit) => ctx.retry_permit = Some(permit),
-            Err(overflow) => return Err(fail(ctx, ProxyError::Overflow(overflow.field()))),
+            Err(overflow) => return Err(fail(ctx, ProxyError::Overflow(overflow))),
         }
         if let Some(p) = &rule.retry {
             tokio::time::sleep(retry::backoff(p, ctx.attempts.tries, fastrand::u32(..))).await;
@@ -92,7 +92,7 @@ pub(crate) async fn plan_try(
         .map_err(|e| fail(ctx, e))?;
     match backend.breaker.try_pending(pool) {
         Ok(permit) => ctx.pending_permit = Some(permit),
-        Err(overflow) => return Err(fail(ctx, ProxyError::Overflow(overflow.field()))),
+        Err(overflow) => return Err(fail(ctx, ProxyError::Overflow(overflow))),
     }
     // maxConnections (HTTP/1.1): wait, as a pending try, for one of the service's connection slots.
     let slots = pool

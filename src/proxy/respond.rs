@@ -116,6 +116,7 @@ pub(crate) async fn respond_redirect(session: &mut Session, chosen: &Chosen) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resilience::breaker::Overflow;
 
     #[test]
     fn response_flags() {
@@ -126,7 +127,7 @@ mod tests {
             (ProxyError::Timeout, 2, "UT,URX"),
             (ProxyError::NoRoute, 2, "NR"),
             (ProxyError::BadRequest, 1, "DPE"),
-            (ProxyError::Overflow("maxConnections"), 1, "UO"),
+            (ProxyError::Overflow(Overflow::Connections), 1, "UO"),
         ] {
             assert_eq!(flags_of(&err, tries), want, "{err:?} after {tries} tries");
         }

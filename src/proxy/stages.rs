@@ -79,7 +79,7 @@ pub(crate) fn admit(chosen: &Chosen) -> Result<Permit, ProxyError> {
     backend
         .breaker
         .try_request(&backend.policy.connection_pool)
-        .map_err(|overflow| ProxyError::Overflow(overflow.field()))
+        .map_err(ProxyError::Overflow)
 }
 
 /// Stage "observe" for outlier detection: the current try's outcome, on its endpoint.

@@ -5,7 +5,6 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::ProxyError;
-use crate::resilience::breaker::Overflow;
 use crate::retry::Failure;
 
 /// Counters of the proxy.
@@ -19,7 +18,7 @@ pub struct Stats {
     pub retry_causes: [AtomicU64; 4],
     /// Requests answered with each response flag ([`FLAGS`] order).
     pub flags: [AtomicU64; FLAGS.len()],
-    /// Requests refused by a circuit-breaker limit, by [`Overflow::ALL`] order.
+    /// Requests refused by a circuit-breaker limit, by [`crate::resilience::breaker::Overflow::ALL`] order.
     pub breaker_trips: [AtomicU64; 4],
     /// Endpoints ejected by outlier detection.
     pub ejections: AtomicU64,
@@ -47,10 +46,8 @@ impl Stats {
         if let Some(flags) = flags {
             self.count_flags(flags);
         }
-        if let Some(ProxyError::Overflow(field)) = error {
-            if let Some(i) = Overflow::ALL.iter().position(|o| o.field() == *field) {
-                self.breaker_trips[i].fetch_add(1, Ordering::Relaxed);
-            }
+        if let Some(ProxyError::Overflow(limit)) = error {
+            self.breaker_trips[limit.index()].fetch_add(1, Ordering::Relaxed);
         }
         if ejections > 0 {
             self.ejections

@@ -55,7 +55,8 @@ impl Overflow {
         Overflow::Connections,
     ];
 
-    fn index(self) -> usize {
+    /// Its place in [`Overflow::ALL`] (and in per-limit counters).
+    pub fn index(self) -> usize {
         self as usize
     }
 

@@ -108,14 +108,7 @@ async fn over_http2_max_requests_fails_fast_with_uo_then_recovers() {
         "UO counted per tripped request"
     );
     // ... and by the limit that tripped, in the waypoint's metrics.
-    let trips = || {
-        tb.waypoints()
-            .filter_map(|(_, w)| {
-                let series = "waypoint_circuit_breaker_trips_total{limit=\"http2MaxRequests\"}";
-                waypoint::testbed::sample(&w.metrics_text(), series)
-            })
-            .sum::<f64>()
-    };
+    let trips = || breaker_trips(&tb, "http2MaxRequests");
     assert!(
         waypoint::testbed::eventually(MS(2000), || trips() == tripped.len() as f64).await,
         "{} trips counted, {} tripped",

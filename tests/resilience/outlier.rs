@@ -5,15 +5,9 @@
 
 use std::time::Instant;
 
-use waypoint::testbed::{eventually, sample};
+use waypoint::testbed::eventually;
 
 use super::*;
-
-/// One of the waypoint's `waypoint_outlier_*` samples.
-fn outlier_metric(tb: &Testbed, series: &str) -> f64 {
-    let text = tb.waypoint(WAYPOINT).metrics_text();
-    sample(&text, series).unwrap_or_else(|| panic!("{series} in\n{text}"))
-}
 
 fn outlier(max_ejection_percent: u32) -> String {
     destination_rule(
@@ -46,15 +40,12 @@ async fn consecutive_5xx_eject_an_endpoint_which_comes_back_after_base_ejection_
     // Counted when the request that ejected it ends (after its answer went out).
     assert!(
         eventually(Duration::from_secs(2), || {
-            outlier_metric(&tb, "waypoint_outlier_ejections_total") == 1.0
+            metric(&tb, "waypoint_outlier_ejections_total") == 1.0
         })
         .await,
         "one ejection counted"
     );
-    assert_eq!(
-        outlier_metric(&tb, "waypoint_outlier_ejected_endpoints"),
-        1.0
-    );
+    assert_eq!(metric(&tb, "waypoint_outlier_ejected_endpoints"), 1.0);
 
     // Ejected: pair-0 receives nothing.
     let seen = requests(&tb, "pair-0");
@@ -79,7 +70,7 @@ async fn consecutive_5xx_eject_an_endpoint_which_comes_back_after_base_ejection_
     }
     let back = back.expect("pair-0 never came back within 6 s (baseEjectionTime 2 s)");
     assert_eq!(
-        outlier_metric(&tb, "waypoint_outlier_ejected_endpoints"),
+        metric(&tb, "waypoint_outlier_ejected_endpoints"),
         0.0,
         "back: no endpoint ejected now"
     );
@@ -131,7 +122,7 @@ async fn successes_reset_the_consecutive_count() {
         by_pod.get("pair-0").is_some_and(|n| *n >= 10),
         "pair-0 was ejected without 2 consecutive errors: {by_pod:?}"
     );
-    assert_eq!(outlier_metric(&tb, "waypoint_outlier_ejections_total"), 0.0);
+    assert_eq!(metric(&tb, "waypoint_outlier_ejections_total"), 0.0);
 }
 
 /// A client that leaves while its request waits is not the endpoint's failure: with ejection after a single

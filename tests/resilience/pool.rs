@@ -10,7 +10,7 @@
 use std::time::Instant;
 
 use waypoint::resilience::breaker::Overflow;
-use waypoint::testbed::{eventually, sample};
+use waypoint::testbed::eventually;
 
 use super::*;
 
@@ -134,18 +134,13 @@ async fn over_http1_max_pending_requests_fails_fast_with_uo() {
     assert_eq!(ok.len(), 2, "the two pending requests succeed in turn");
     assert_eq!(refused.len(), 5, "the rest are refused");
     // Counted by the limit that refused them, when each refused request ended.
-    let trips = |limit: &str| {
-        let series = format!("waypoint_circuit_breaker_trips_total{{limit=\"{limit}\"}}");
-        sample(&tb.waypoint(WAYPOINT).metrics_text(), &series)
-    };
+    let pending = || breaker_trips(&tb, "http1MaxPendingRequests");
     assert!(
-        eventually(Duration::from_secs(2), || trips("http1MaxPendingRequests")
-            == Some(5.0))
-        .await,
-        "5 pending-request trips: {:?}",
-        trips("http1MaxPendingRequests")
+        eventually(Duration::from_secs(2), || pending() == 5.0).await,
+        "5 pending-request trips: {}",
+        pending()
     );
-    assert_eq!(trips("http2MaxRequests"), Some(0.0));
+    assert_eq!(breaker_trips(&tb, "http2MaxRequests"), 0.0);
     for took in &refused {
         assert!(
             *took < MS(500),
